@@ -1,0 +1,395 @@
+"""The chat rules: accounts, login and lockout, presence, private and group messages.
+
+``Chat`` is a state machine driven by ``(connection, request, now)``. It performs no I/O:
+each call returns the effects the shell must carry out, in order. The shell writes every
+``Append`` before it delivers any ``Send`` of the same turn, which is how "logged before
+acknowledged" holds without the rules knowing about files.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Union
+
+from . import logformat
+from .messages import (
+    ActiveUser, ActiveUserEntry, ActiveUsers, Bye, CheckUser, CreateGroup, Error, GroupCreated,
+    GroupInvite, GroupJoined, GroupMessage, GroupMsg, GroupSent, GroupVideo, JoinGroup, Login,
+    Logout, Message, MsgSent, MsgTo, P2PVideo, PrivateMessage, Request, TransferOffer,
+    TransferReady, TransferTarget, UserOk, Welcome,
+)
+
+ConnId = int
+DEFAULT_BLOCK_SECONDS = 10.0
+
+
+class Code:
+    """Error codes: they tell a client what to do next; the text is what to show."""
+
+    INVALID_USERNAME = "invalid_username"  # ask for the username again
+    INVALID_PASSWORD = "invalid_password"  # ask for the password again
+    ALREADY_LOGGED_IN = "already_logged_in"  # ask for the username again
+    BLOCKED = "blocked"  # exit; the server closes the connection
+    COMMAND = "command"  # show it and prompt again
+    PROTOCOL = "protocol"  # the request broke the protocol; the connection is closed
+
+
+# --- effects -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Deliver one message to each of ``conns`` (encoded once, however many they are)."""
+
+    conns: tuple[ConnId, ...]
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """Append ``line`` (newline included) to the log file ``log``; "" only creates it."""
+
+    log: str
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """A line for the server's own console."""
+
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection once its pending output is written."""
+
+    conn: ConnId
+
+
+Effect = Union[Send, Append, Announce, Close]
+
+
+# --- state -------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Session:
+    conn: ConnId
+    ip: str
+    username: str | None = None
+    udp_port: int = 0
+    since: str = ""
+
+
+@dataclass(slots=True)
+class Group:
+    creator: str
+    members: list[str]  # in the order they were named, creator first
+    joined: set[str]
+    messages: int  # the last number in the group's log
+
+
+def parse_credentials(text: str) -> dict[str, str]:
+    """Accounts from ``credentials.txt``: ``USERNAME PASSWORD`` a line, blank lines ignored.
+
+    Raises ValueError naming the first malformed line.
+    """
+    accounts: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"line {number} is not 'USERNAME PASSWORD'")
+        accounts[parts[0]] = parts[1]
+    return accounts
+
+
+def _error(conn: ConnId, text: str, code: str = Code.COMMAND) -> Send:
+    return Send((conn,), Error(code, text))
+
+
+class Chat:
+    """All chat state of one server."""
+
+    def __init__(
+        self,
+        accounts: dict[str, str],
+        max_failures: int,
+        *,
+        block_seconds: float = DEFAULT_BLOCK_SECONDS,
+        history: dict[str, int] | None = None,
+        new_transfer_id: Callable[[], str] = lambda: secrets.token_hex(16),
+    ) -> None:
+        """``history`` maps each existing log file name to its last message number."""
+        self.accounts = accounts
+        self.max_failures = max_failures
+        self.block_seconds = block_seconds
+        self._history = dict(history or {})
+        self.messages = self._history.get(logformat.MESSAGELOG, 0)
+        self._new_transfer_id = new_transfer_id
+        self.sessions: dict[ConnId, Session] = {}
+        self.active: dict[str, Session] = {}  # insertion order is login order
+        self.failures: dict[str, int] = {}
+        self.blocked_until: dict[str, float] = {}
+        self.groups: dict[str, Group] = {}
+        self.clock = logformat.Clock()
+        self.presence_version = 0  # bumps whenever ``active`` changes
+
+    # --- connections ---------------------------------------------------------------------
+
+    def connect(self, conn: ConnId, ip: str) -> None:
+        self.sessions[conn] = Session(conn, ip)
+
+    def disconnect(self, conn: ConnId, now: float) -> list[Effect]:
+        """The connection is gone, however it went: a logged-in user is logged out."""
+        session = self.sessions.pop(conn, None)
+        if session is None or session.username is None:
+            return []
+        del self.active[session.username]
+        self.presence_version += 1
+        return [Announce(f"{session.username} logout")]
+
+    def handle(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        session = self.sessions[conn]
+        if session.username is None:
+            if isinstance(request, CheckUser):
+                return self._check_user(session, request, now)
+            if isinstance(request, Login):
+                return self._login(session, request, now)
+            return self._protocol_error(conn, "Error. Please log in first.")
+        handler = self._COMMANDS.get(type(request))
+        if handler is None:
+            return self._protocol_error(conn, "Error. You are already logged in.")
+        return handler(self, session, request, now)
+
+    def _protocol_error(self, conn: ConnId, text: str) -> list[Effect]:
+        return [_error(conn, text, Code.PROTOCOL), Close(conn)]
+
+    # --- login ---------------------------------------------------------------------------
+
+    def is_blocked(self, username: str, now: float) -> bool:
+        return now < self.blocked_until.get(username, 0.0)
+
+    def _refusal(self, username: str, now: float) -> tuple[str, str] | None:
+        """Why ``username`` cannot log in now regardless of the password, as (code, text)."""
+        if username not in self.accounts:
+            return Code.INVALID_USERNAME, "Invalid Username. Please try again"
+        if self.is_blocked(username, now):
+            return Code.BLOCKED, "Your account is blocked due to multiple login failures. Please try again later"
+        if username in self.active:
+            return Code.ALREADY_LOGGED_IN, f"{username} is already logged in"
+        return None
+
+    def _refuse(self, conn: ConnId, code: str, text: str) -> list[Effect]:
+        effects: list[Effect] = [_error(conn, text, code)]
+        if code == Code.BLOCKED:
+            effects.append(Close(conn))
+        return effects
+
+    def _check_user(self, session: Session, request: CheckUser, now: float) -> list[Effect]:
+        refusal = self._refusal(request.username, now)
+        if refusal:
+            return self._refuse(session.conn, *refusal)
+        return [Send((session.conn,), UserOk())]
+
+    def _login(self, session: Session, request: Login, now: float) -> list[Effect]:
+        username = request.username
+        refusal = self._refusal(username, now)
+        if refusal:
+            return self._refuse(session.conn, *refusal)
+        # compare_digest takes time independent of where the strings differ
+        if not hmac.compare_digest(request.password.encode(), self.accounts[username].encode()):
+            return self._failed_password(session, username, now)
+        self.failures.pop(username, None)
+        timestamp = self.clock.timestamp(now)
+        session.username = username
+        session.udp_port = request.udp_port
+        session.since = timestamp
+        self.active[username] = session
+        self.presence_version += 1
+        return [
+            Send((session.conn,), Welcome(username)),
+            Announce(f"{username} login from {session.ip} (UDP port {request.udp_port}) at {timestamp}."),
+        ]
+
+    def _failed_password(self, session: Session, username: str, now: float) -> list[Effect]:
+        failures = self.failures.get(username, 0) + 1
+        if failures < self.max_failures:
+            self.failures[username] = failures
+            return [_error(session.conn, "Invalid Password. Please try again", Code.INVALID_PASSWORD)]
+        del self.failures[username]  # the block starts a fresh count when it ends
+        self.blocked_until[username] = now + self.block_seconds
+        return [
+            _error(session.conn, "Invalid Password. Your account has been blocked. Please try again later", Code.BLOCKED),
+            Close(session.conn),
+            Announce(f"{username} blocked for {self.block_seconds:g} seconds after {failures} failed logins."),
+        ]
+
+    # --- commands ------------------------------------------------------------------------
+
+    def _user_problem(self, username: str, offline: str) -> str | None:
+        """The error line for a receiver that does not exist or is not logged in."""
+        if username not in self.accounts:
+            return f"Error. User {username} does not exist."
+        if username not in self.active:
+            return offline.format(username)
+        return None
+
+    def _msgto(self, session: Session, request: MsgTo, now: float) -> list[Effect]:
+        if not request.receivers:
+            return [_error(session.conn, "Error. Usage: /msgto USERNAME MESSAGE")]
+        sender = session.username
+        text = request.text
+        timestamp = self.clock.timestamp(now)
+        effects: list[Effect] = []
+        for receiver in dict.fromkeys(request.receivers):  # each receiver once, in order
+            problem = self._user_problem(receiver, "Error. {} is not active.")
+            if problem:
+                effects.append(_error(session.conn, problem))
+                continue
+            self.messages += 1
+            effects += (
+                Append(logformat.MESSAGELOG, logformat.message_line(self.messages, timestamp, receiver, text)),
+                Send((self.active[receiver].conn,), PrivateMessage(sender, text, timestamp)),
+                Send((session.conn,), MsgSent(receiver, timestamp)),
+                Announce(f'{sender} message to {receiver} "{text}" at {timestamp}.'),
+            )
+        return effects
+
+    def _activeuser(self, session: Session, request: ActiveUser, now: float) -> list[Effect]:
+        others = [
+            ActiveUserEntry(s.username, s.ip, s.udp_port, s.since)
+            for s in self.active.values()
+            if s is not session
+        ]
+        return [Send((session.conn,), ActiveUsers(others)), Announce(f"{session.username} issued /activeuser")]
+
+    def _creategroup(self, session: Session, request: CreateGroup, now: float) -> list[Effect]:
+        creator = session.username
+        group = request.group
+        invited = [m for m in dict.fromkeys(request.members) if m != creator]
+        if not invited:
+            return [_error(session.conn, "Please enter at least one more active users.")]
+        if not (group.isascii() and group.isalnum()):
+            return [_error(session.conn, "Error. Group name must contain only letters and digits.")]
+        if group in self.groups:
+            return [_error(session.conn, f"Failed to create the group chat {group}: group name exists!")]
+        for member in invited:
+            problem = self._user_problem(member, "Error. {} is not active.")
+            if problem:
+                return [_error(session.conn, problem)]
+        log = logformat.group_log_name(group)
+        members = [creator, *invited]
+        self.groups[group] = Group(creator, members, {creator}, self._history.get(log, 0))
+        return [
+            Append(log, ""),
+            Send((session.conn,), GroupCreated(group, members)),
+            Send(tuple(self.active[m].conn for m in invited), GroupInvite(group, creator)),
+            Announce(f"{creator} created group chat {group} with {' '.join(invited)}."),
+        ]
+
+    def _joingroup(self, session: Session, request: JoinGroup, now: float) -> list[Effect]:
+        username = session.username
+        group = self.groups.get(request.group)
+        if group is None:
+            return [_error(session.conn, f"Groupchat {request.group} doesn't exist.")]
+        if username in group.joined:
+            return [_error(session.conn, f"You have already joined Groupchat {request.group}")]
+        if username not in group.members:
+            return [_error(session.conn, f"Error. You were not added to Groupchat {request.group}.")]
+        group.joined.add(username)
+        return [
+            Send((session.conn,), GroupJoined(request.group)),
+            Announce(f"{username} joined group chat {request.group}."),
+        ]
+
+    def _joined_group(self, session: Session, name: str) -> Group | str:
+        """The group ``name`` if the session's user may post to it, else the error line."""
+        group = self.groups.get(name)
+        if group is None:
+            return "The group chat does not exist."
+        if session.username not in group.members:
+            return "You are not in this group chat."
+        if session.username not in group.joined:
+            return "Please join the group before sending messages."
+        return group
+
+    def _audience(self, group: Group, sender: str) -> list[Session]:
+        """Every other joined member who is online now."""
+        return [self.active[m] for m in group.members if m != sender and m in group.joined and m in self.active]
+
+    def _groupmsg(self, session: Session, request: GroupMsg, now: float) -> list[Effect]:
+        group = self._joined_group(session, request.group)
+        if isinstance(group, str):
+            return [_error(session.conn, group)]
+        sender = session.username
+        timestamp = self.clock.timestamp(now)
+        group.messages += 1
+        line = logformat.message_line(group.messages, timestamp, sender, request.text)
+        audience = tuple(s.conn for s in self._audience(group, sender))
+        return [
+            Append(logformat.group_log_name(request.group), line),
+            Send(audience, GroupMessage(request.group, sender, request.text, timestamp)),
+            Send((session.conn,), GroupSent(request.group)),
+            Announce(f'{sender} issued a message in group chat {request.group}: "{request.text}" at {timestamp}.'),
+        ]
+
+    def _logout(self, session: Session, request: Logout, now: float) -> list[Effect]:
+        # the logout itself happens in disconnect(), the one path for every way of leaving
+        return [Send((session.conn,), Bye(session.username)), Close(session.conn)]
+
+    # --- peer-to-peer transfer set-up ----------------------------------------------------
+
+    def _offer(self, presenter: Session, audience: Iterable[Session], filename: str, size: int) -> list[Effect]:
+        effects: list[Effect] = []
+        targets = []
+        for member in audience:
+            transfer_id = self._new_transfer_id()
+            targets.append(TransferTarget(member.username, member.ip, member.udp_port, transfer_id))
+            offer = TransferOffer(presenter.username, filename, size, presenter.ip, presenter.udp_port, transfer_id)
+            effects.append(Send((member.conn,), offer))
+            effects.append(Announce(f"{presenter.username} is sending {filename} ({size} bytes) to {member.username}."))
+        effects.insert(0, Send((presenter.conn,), TransferReady(filename, targets)))
+        return effects
+
+    def _p2pvideo(self, session: Session, request: P2PVideo, now: float) -> list[Effect]:
+        if request.audience == session.username:
+            return [_error(session.conn, "Error. You cannot send a file to yourself.")]
+        problem = self._user_problem(request.audience, "{} is offline")
+        if problem:
+            return [_error(session.conn, problem)]
+        return self._offer(session, [self.active[request.audience]], request.filename, request.size)
+
+    def _groupvideo(self, session: Session, request: GroupVideo, now: float) -> list[Effect]:
+        group = self._joined_group(session, request.group)
+        if isinstance(group, str):
+            return [_error(session.conn, group)]
+        return self._offer(session, self._audience(group, session.username), request.filename, request.size)
+
+    # --- presence ------------------------------------------------------------------------
+
+    def userlog(self) -> str:
+        """The whole of ``userlog.txt`` for the users active now."""
+        return "".join(
+            logformat.userlog_line(seq, s.since, s.username, s.ip, s.udp_port)
+            for seq, s in enumerate(self.active.values(), start=1)
+        )
+
+    def address_of(self, username: str) -> tuple[str, int] | None:
+        """The (IP, UDP port) of an active user, for a peer-to-peer transfer."""
+        session = self.active.get(username)
+        return (session.ip, session.udp_port) if session else None
+
+    _COMMANDS: dict[type, Callable[..., list[Effect]]] = {
+        MsgTo: _msgto,
+        ActiveUser: _activeuser,
+        CreateGroup: _creategroup,
+        JoinGroup: _joingroup,
+        GroupMsg: _groupmsg,
+        Logout: _logout,
+        P2PVideo: _p2pvideo,
+        GroupVideo: _groupvideo,
+    }
