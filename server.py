@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,11 @@ class Server:
                 request = requests.decode(payload)
             except SchemaError as exc:
                 return effects + self._reject(conn, f"Error. Bad request: {exc}.")
-            replies = self.chat.handle(conn.conn_id, request, now)
+            try:
+                replies = self.chat.handle(conn.conn_id, request, now)
+            except Exception:  # a bug must cost one connection, never the server
+                traceback.print_exc()
+                return effects + self._reject(conn, "Error. Internal server error.")
             effects += replies
             if any(isinstance(e, Close) for e in replies):
                 return effects  # whatever else it sent comes after its own end

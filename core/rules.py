@@ -220,7 +220,7 @@ class Chat:
         if failures < self.max_failures:
             self.failures[username] = failures
             return [_error(session.conn, "Invalid Password. Please try again", Code.INVALID_PASSWORD)]
-        del self.failures[username]  # the block starts a fresh count when it ends
+        self.failures.pop(username, None)  # the block starts a fresh count when it ends
         self.blocked_until[username] = now + self.block_seconds
         return [
             _error(session.conn, "Invalid Password. Your account has been blocked. Please try again later", Code.BLOCKED),

@@ -62,6 +62,12 @@ class LineReader:
             self.lines.append(item)
         return True
 
+    def settle(self, timeout: float = 0.2) -> list[str]:
+        """Collect whatever has arrived, waiting at most ``timeout`` for more after each line."""
+        while self._drain(timeout):
+            pass
+        return self.lines
+
     def expect(self, pattern: str | re.Pattern[str], start: int = 0, timeout: float = TIMEOUT) -> str:
         """Wait for a line matching ``pattern`` (a regex, or an exact line) at index >= start."""
         matcher = re.compile(pattern) if isinstance(pattern, re.Pattern) else None
