@@ -1,16 +1,27 @@
 """TESSENGER server: one selectors event loop around the pure chat core.
 
     python3 server.py SERVER_PORT NUMBER_OF_CONSECUTIVE_FAILED_ATTEMPTS [options]
+    python3 server.py --hash-password        # print a hashed credentials.txt entry
 
-The loop only moves bytes. Each turn it reads what the ready sockets hold (bounded per
-client), lets ``core.rules.Chat`` decide, writes the turn's log lines (one write per file),
-then queues the replies and writes them at once where the socket takes them, registering
-for writability only while output is pending (the shape of Redis's networking layer).
+The loop only moves bytes. Each turn it reads what the ready sockets hold (one bounded read
+per client), lets ``core.rules.Chat`` decide on a bounded number of each client's requests,
+writes the turn's log lines (one write per file), then queues the replies and writes them at
+once where the socket takes them, registering for writability only while output is pending
+(the shape of Redis's networking layer).
+
+Durability. A turn's log lines are handed to the kernel (``write``) before any reply of the
+turn is queued, so an acknowledged message is in the page cache: it survives the server
+process dying in any way, ``kill -9`` included. With ``--fsync`` the logs are also fsynced
+(and a new log's directory entry with them) before the acknowledgements go out, so an
+acknowledged message survives a power cut or an OS crash too. Either way a crash can leave
+at most a torn last line, which the next start cuts off before numbering continues.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import math
 import os
 import resource
 import selectors
@@ -22,21 +33,29 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Callable, NoReturn, TextIO
 
-from core import logformat
+from core import logformat, passwords
 from core.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode as frame
-from core.messages import Error, Message, SchemaError, encode, requests
+from core.messages import MAX_PASSWORD, Error, Message, SchemaError, encode, requests, valid_password
 from core.rules import Announce, Append, Chat, Close, Code, Effect, Send, parse_credentials
 
-READ_CHUNK = 64 * 1024  # the most read from one client per turn: one flooding client cannot starve the rest
+# One flooding client cannot starve the rest: per turn it gets one read and at most
+# FRAMES_PER_TURN of its requests handled; until its decoder holds no whole frame it is not
+# read again, so what it sends meanwhile waits in the kernel, not in the server's memory.
+READ_CHUNK = 64 * 1024
+FRAMES_PER_TURN = 128
 ACCEPTS_PER_TURN = 256
+ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() fails for want of resources
+LOGIN_FRAME = 4096  # frames before login are small: a username and a password
+MAX_OPEN_LOGS = 64  # groups are unbounded in number; the log files held open must not be
+RESERVED_FDS = MAX_OPEN_LOGS + 32  # descriptors no connection may take: logs, userlog, stdio, selector
 
 
 @dataclass
 class Limits:
     max_frame: int = DEFAULT_MAX_FRAME
-    login_frame: int = 4096  # frames before login are small: a username and a password
+    login_frame: int = LOGIN_FRAME
     login_timeout: float = 60.0
     max_output: int = 1024 * 1024
     max_connections: int = 10_000
@@ -59,7 +78,7 @@ class Logs:
     def __init__(self, directory: Path, fsync: bool) -> None:
         self.directory = directory
         self.fsync = fsync
-        self._files: dict[str, TextIO] = {}
+        self._files: dict[str, TextIO] = {}  # open logs, least recently written first
         self._pending: dict[str, list[str]] = {}
 
     def recover(self) -> dict[str, int]:
@@ -83,15 +102,39 @@ class Logs:
 
     def flush(self) -> None:
         """Write the turn's lines, one write per file, before any reply leaves."""
-        for log, lines in self._pending.items():
-            f = self._files.get(log)
-            if f is None:
-                f = self._files[log] = open(self.directory / log, "a", encoding="utf-8", newline="\n")
+        # taken before writing: a flush cut short (a signal, a full disk) is never repeated
+        # by the flush at shutdown, which would write its lines twice
+        pending, self._pending = self._pending, {}
+        for log, lines in pending.items():
+            f = self._open(log)
             f.write("".join(lines))
             f.flush()
             if self.fsync:
                 os.fsync(f.fileno())
-        self._pending.clear()
+
+    def _open(self, log: str) -> TextIO:
+        f = self._files.pop(log, None)
+        if f is None:
+            if len(self._files) >= MAX_OPEN_LOGS:
+                self._files.pop(next(iter(self._files))).close()
+            f = open(self.directory / log, "a", encoding="utf-8", newline="\n")
+            if self.fsync:
+                self._sync_directory()  # a new file's name must survive a power cut as well
+        self._files[log] = f  # now the most recently written
+        return f
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.flush()
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
 
     def write_userlog(self, content: str) -> None:
         """Replace ``userlog.txt`` atomically: a reader sees the old file or the new one."""
@@ -114,6 +157,8 @@ class Server:
         self.login_queue: deque[Connection] = deque()  # connect order is deadline order
         self.next_id = 1
         self.userlog_version = -1
+        self.accept_resume: float | None = None  # while accepting is paused: when to try again
+        self._backlog: dict[Connection, None] = {}  # read, and maybe holding whole frames not yet handled
         self._dirty: list[Connection] = []  # connections that got output this turn
         self._lines: list[str] = []  # console lines of this turn
 
@@ -134,17 +179,25 @@ class Server:
                 continue
             if mask & selectors.EVENT_WRITE:
                 self._write(conn)
-            if mask & selectors.EVENT_READ and not conn.closing:
-                effects += self._read(conn, now)
+            if mask & selectors.EVENT_READ and not conn.closing and conn not in self._backlog:
+                effects += self._receive(conn, now)
+        for conn in list(self._backlog):
+            effects += self._handle(conn, now)
         effects += self._expire_logins(now)
+        if self.accept_resume is not None and now >= self.accept_resume:
+            self.accept_resume = None
+            self.selector.register(self.listener, selectors.EVENT_READ)
         self._apply(effects, now)
 
     def _timeout(self) -> float | None:
+        if self._backlog:
+            return 0.0  # requests are waiting: look at the sockets, but do not sleep
         while self.login_queue and self.login_queue[0].conn_id not in self.connections:
             self.login_queue.popleft()
-        if not self.login_queue:
-            return None
-        return max(0.0, self.login_queue[0].login_deadline - time.time())
+        deadlines = [self.login_queue[0].login_deadline] if self.login_queue else []
+        if self.accept_resume is not None:
+            deadlines.append(self.accept_resume)
+        return max(0.0, min(deadlines) - time.time()) if deadlines else None
 
     # --- input ---------------------------------------------------------------------------
 
@@ -154,8 +207,14 @@ class Server:
                 sock, address = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # e.g. out of file descriptors: keep serving the others
-                self._say(f"accept failed: {exc.strerror}")
+            except ConnectionAbortedError:  # the client gave up while waiting to be accepted
+                continue
+            except OSError as exc:
+                # out of descriptors or memory: the listener would stay readable and the loop
+                # spin, so stop watching it for a moment and keep serving the others
+                self._say(f"Cannot accept connections for now: {exc.strerror}")
+                self.selector.unregister(self.listener)
+                self.accept_resume = now + ACCEPT_PAUSE
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -172,42 +231,60 @@ class Server:
     def _turn_away(self, sock: socket.socket) -> None:
         reply = frame(encode(Error(Code.PROTOCOL, "Error. The server is full. Please try again later.")))
         try:
-            sock.send(reply)
+            sock.send(reply)  # a fresh socket's buffer takes it whole
         except OSError:
             pass
         sock.close()
 
-    def _read(self, conn: Connection, now: float) -> list[Effect]:
+    def _receive(self, conn: Connection, now: float) -> list[Effect]:
+        """One read, into the decoder; the end of the stream ends the connection."""
         try:
             data = conn.sock.recv(READ_CHUNK)
         except (BlockingIOError, InterruptedError):
             return []
-        except OSError:
+        except OSError:  # reset by the peer: the same as a close
             data = b""
         if not data:
-            return self._drop(conn, now)
-        try:
-            payloads = conn.decoder.feed(data)
-        except FrameError as exc:
-            return self._reject(conn, f"Error. Bad frame: {exc}.")
+            # a peer that only shut down its sending side still gets the replies it asked for
+            return [Close(conn.conn_id)] if conn.out else self._drop(conn, now)
+        conn.decoder.append(data)
+        self._backlog[conn] = None
+        return []
+
+    def _handle(self, conn: Connection, now: float) -> list[Effect]:
+        """Handle up to FRAMES_PER_TURN of the connection's requests, in order.
+
+        Frames are taken one at a time, so a bad one is refused only after every request
+        before it was handled, and the larger frame limit applies from the first frame after
+        the login.
+        """
         effects: list[Effect] = []
-        session = self.chat.sessions[conn.conn_id]
-        for payload in payloads:
+        for _ in range(FRAMES_PER_TURN):
             try:
-                request = requests.decode(payload)
-            except SchemaError as exc:
-                return effects + self._reject(conn, f"Error. Bad request: {exc}.")
-            try:
-                replies = self.chat.handle(conn.conn_id, request, now)
-            except Exception:  # a bug must cost one connection, never the server
-                traceback.print_exc()
-                return effects + self._reject(conn, "Error. Internal server error.")
+                payload = conn.decoder.next_frame()
+            except FrameError as exc:
+                return effects + self._reject(conn, f"Error. Bad frame: {exc}.")
+            if payload is None:
+                del self._backlog[conn]  # all handled: read it again
+                break
+            replies = self._request(conn, payload, now)
             effects += replies
             if any(isinstance(e, Close) for e in replies):
-                return effects  # whatever else it sent comes after its own end
-        if session.username is not None:
-            conn.decoder.max_frame = self.limits.max_frame
+                break  # whatever it sent after its own end is ignored
+            if conn.decoder.max_frame < self.limits.max_frame and self.chat.sessions[conn.conn_id].username:
+                conn.decoder.max_frame = self.limits.max_frame
         return effects
+
+    def _request(self, conn: Connection, payload: bytes, now: float) -> list[Effect]:
+        try:
+            request = requests.decode(payload)
+        except SchemaError as exc:
+            return self._reject(conn, f"Error. Bad request: {exc}.")
+        try:
+            return self.chat.handle(conn.conn_id, request, now)
+        except Exception:  # a bug must cost one connection, never the server
+            traceback.print_exc()
+            return self._reject(conn, "Error. Internal server error.")
 
     def _reject(self, conn: Connection, text: str) -> list[Effect]:
         return [Send((conn.conn_id,), Error(Code.PROTOCOL, text)), Close(conn.conn_id)]
@@ -241,15 +318,13 @@ class Server:
             conn = self.connections.get(conn_id)
             if conn is not None:
                 conn.closing = True  # no more reading: its next bytes would come after its end
+                self._backlog.pop(conn, None)
                 self._mark(conn)
         self._flush_output(now)
         if self.chat.presence_version != self.userlog_version:
             self.userlog_version = self.chat.presence_version
             self.logs.write_userlog(self.chat.userlog())
-        if self._lines and self.console is not None:
-            self.console.write("\n".join(self._lines) + "\n")
-            self.console.flush()
-        self._lines.clear()
+        self._print_lines()
 
     def _queue(self, conn_ids: tuple[int, ...], message: Message) -> None:
         if not conn_ids:
@@ -274,7 +349,7 @@ class Server:
                     continue
                 self._write(conn)  # at once; the selector only waits for what the socket refused
                 if len(conn.out) > self.limits.max_output:
-                    self._say(f"connection {conn.conn_id} stopped reading; disconnecting it")
+                    self._say(f"{self._name(conn)} stopped reading ({len(conn.out)} bytes unsent); disconnecting it")
                     effects += self._drop(conn, now)
                 elif conn.closing and not conn.out:
                     effects += self._drop(conn, now)
@@ -308,19 +383,34 @@ class Server:
         """Forget a connection; a logged-in user is logged out."""
         if self.connections.pop(conn.conn_id, None) is None:
             return []
+        self._backlog.pop(conn, None)
         self.selector.unregister(conn.sock)
         conn.sock.close()
         return self.chat.disconnect(conn.conn_id, now)
 
+    def _name(self, conn: Connection) -> str:
+        session = self.chat.sessions.get(conn.conn_id)
+        username = session.username if session is not None else None
+        return username if username is not None else f"connection {conn.conn_id}"
+
     def _say(self, line: str) -> None:
         self._lines.append(line)
+
+    def _print_lines(self) -> None:
+        if self._lines and self.console is not None:
+            try:
+                self.console.write("\n".join(self._lines) + "\n")
+                self.console.flush()
+            except OSError:  # the terminal is gone (EIO, EPIPE): serving matters more than printing
+                self.console = None
+        self._lines.clear()
 
     def shutdown(self) -> None:
         for conn in list(self.connections.values()):
             conn.sock.close()
         self.connections.clear()
         self.listener.close()
-        self.logs.flush()
+        self.logs.close()
         self.logs.write_userlog("")
 
 
@@ -339,23 +429,64 @@ def fail(line: str) -> NoReturn:
     sys.exit(2)
 
 
+def at_least(kind: type[int] | type[float], low: float) -> Callable[[str], int | float]:
+    """An argparse type: a finite number of ``kind`` no smaller than ``low``."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (math.isfinite(value) and value >= low):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be at least {low:g}")
+        return value
+
+    return parse
+
+
+def power_of_two(text: str) -> int:
+    value = at_least(int, 2)(text)
+    if value & (value - 1) or value > passwords.MAX_N:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a power of two up to {passwords.MAX_N}")
+    return value
+
+
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="server.py", description="TESSENGER chat server.")
-    parser.add_argument("port", metavar="SERVER_PORT", help="TCP port to listen on (0: let the OS choose)")
-    parser.add_argument("attempts", metavar="NUMBER_OF_CONSECUTIVE_FAILED_ATTEMPTS",
+    parser.add_argument("port", metavar="SERVER_PORT", nargs="?", help="TCP port to listen on (0: let the OS choose)")
+    parser.add_argument("attempts", metavar="NUMBER_OF_CONSECUTIVE_FAILED_ATTEMPTS", nargs="?",
                         help="failed logins in a row that block an account (1 to 5)")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default: all interfaces)")
     parser.add_argument("--data-dir", default=".", help="where credentials.txt and the logs live (default: .)")
     parser.add_argument("--credentials", help="accounts file (default: DATA_DIR/credentials.txt)")
-    parser.add_argument("--block-seconds", type=float, default=10.0, help="how long a blocked account stays blocked")
-    parser.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME, help="largest frame accepted, bytes")
-    parser.add_argument("--login-timeout", type=float, default=60.0, help="seconds a connection has to log in")
-    parser.add_argument("--max-output", type=int, default=1024 * 1024,
-                        help="unsent bytes after which a client that stopped reading is dropped")
-    parser.add_argument("--max-connections", type=int, default=10_000, help="connections served at once")
-    parser.add_argument("--fsync", action="store_true", help="fsync the logs every turn before acknowledging")
+    parser.add_argument("--block-seconds", type=at_least(float, 0), default=10.0,
+                        help="how long a blocked account stays blocked (default: 10)")
+    parser.add_argument("--max-frame", type=at_least(int, 1024), default=DEFAULT_MAX_FRAME,
+                        help=f"largest frame accepted, bytes (default: {DEFAULT_MAX_FRAME}; "
+                             f"at most {LOGIN_FRAME} before login)")
+    parser.add_argument("--login-timeout", type=at_least(float, 0.001), default=60.0,
+                        help="seconds a connection has to log in (default: 60)")
+    parser.add_argument("--max-output", type=at_least(int, 1024), default=1024 * 1024,
+                        help="unsent reply bytes after which a client that stopped reading is dropped and logged out "
+                             "(default: 1048576)")
+    parser.add_argument("--max-connections", type=at_least(int, 1), default=10_000,
+                        help="connections served at once; one more gets an error and is closed (default: 10000)")
+    parser.add_argument("--fsync", action="store_true",
+                        help="fsync the logs every turn before acknowledging: messages survive a power cut")
     parser.add_argument("--quiet", action="store_true", help="print nothing but start-up errors")
+    parser.add_argument("--hash-password", action="store_true",
+                        help="read a password (without echo on a terminal, else one line of stdin), "
+                             "print its hashed entry for credentials.txt and exit")
+    parser.add_argument("--hash-cost", type=power_of_two, default=passwords.DEFAULT_N,
+                        help=f"scrypt N for --hash-password (default: {passwords.DEFAULT_N}); "
+                             "every login with the entry stalls the server in proportion")
     args = parser.parse_args(argv)
+    if args.hash_password:
+        return args
+    missing = [name for name, value in (("SERVER_PORT", args.port), ("NUMBER_OF_CONSECUTIVE_FAILED_ATTEMPTS", args.attempts))
+               if value is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     attempts = args.attempts
     if not (attempts.isdigit() and 1 <= int(attempts) <= 5):
         fail(f"Invalid number of allowed failed consecutive attempt: {attempts}. "
@@ -367,12 +498,37 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def raise_file_limit(wanted: int) -> None:
-    """Let the process hold as many sockets as the connection limit asks, as far as allowed."""
+def hash_password(cost: int) -> int:
+    """``--hash-password``: read a password, print its ``credentials.txt`` entry."""
+    try:
+        if sys.stdin.isatty():
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Repeat the password: ") != password:
+                fail("The passwords differ.")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+    except (EOFError, KeyboardInterrupt):
+        fail("No password given.")
+    if not valid_password(password):
+        fail(f"A password is 1 to {MAX_PASSWORD} printable characters without spaces.")
+    print(passwords.hash_entry(password, n=cost))
+    return 0
+
+
+def raise_file_limit(wanted: int) -> int:
+    """Raise the open-file soft limit so ``wanted`` connections fit, as far as the hard limit
+    allows; return how many connections fit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted + 64 if hard == resource.RLIM_INFINITY else min(hard, wanted + 64)
+    target = wanted + RESERVED_FDS
+    if hard != resource.RLIM_INFINITY:
+        target = min(target, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # e.g. above the kernel's nr_open: keep what we have
+            pass
+    return wanted if soft == resource.RLIM_INFINITY else min(wanted, soft - RESERVED_FDS)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -389,15 +545,22 @@ def listen(host: str, port: int) -> socket.socket:
 
 def load_accounts(path: Path) -> dict[str, str]:
     try:
-        return parse_credentials(path.read_text(encoding="utf-8"))
+        accounts = parse_credentials(path.read_text(encoding="utf-8"))
     except OSError as exc:
         fail(f"Cannot read {path}: {exc.strerror}")
     except (UnicodeDecodeError, ValueError) as exc:
         fail(f"Cannot read {path}: {exc}")
+    for username, stored in accounts.items():
+        if passwords.malformed_hash(stored):  # name the account, never the password
+            print(f"Warning: the password of {username} in {path} starts with {passwords.PREFIX!r} but is "
+                  "no valid hash entry; it is taken as a plain password", file=sys.stderr)
+    return accounts
 
 
 def main(argv: list[str]) -> int:
     args = parse_arguments(argv)
+    if args.hash_password:
+        return hash_password(args.hash_cost)
     data_dir = Path(args.data_dir)
     accounts = load_accounts(Path(args.credentials) if args.credentials else data_dir / "credentials.txt")
     logs = Logs(data_dir, args.fsync)
@@ -406,9 +569,13 @@ def main(argv: list[str]) -> int:
         logs.write_userlog("")
     except OSError as exc:
         fail(f"Cannot use the data directory {data_dir}: {exc.strerror}")
-    limits = Limits(max(args.max_frame, 1024), min(4096, args.max_frame), args.login_timeout,
-                    args.max_output, args.max_connections)
-    raise_file_limit(limits.max_connections)
+    max_connections = raise_file_limit(args.max_connections)
+    if max_connections < 1:
+        fail(f"The open-file limit ({resource.getrlimit(resource.RLIMIT_NOFILE)[0]}) leaves no room for connections")
+    if max_connections < args.max_connections:
+        print(f"Serving at most {max_connections} connections: the open-file limit allows no more", file=sys.stderr)
+    limits = Limits(args.max_frame, min(LOGIN_FRAME, args.max_frame), args.login_timeout, args.max_output,
+                    max_connections)
     listener = listen(args.host, args.port)
     chat = Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history)
     server = Server(listener, chat, logs, limits, None if args.quiet else sys.stdout)
@@ -416,13 +583,21 @@ def main(argv: list[str]) -> int:
     print(f"TESSENGER server listening on {host}:{port} ({len(accounts)} accounts, "
           f"{args.attempts} attempts before blocking)", flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # same clean stop as Ctrl-C
+    status = 0
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         print("Server shutting down", flush=True)
+    except OSError as exc:  # e.g. a full disk: stop rather than acknowledge what is not logged
+        print(f"Server stopped: {exc}", file=sys.stderr, flush=True)
+        status = 1
     finally:
-        server.shutdown()
-    return 0
+        try:
+            server.shutdown()
+        except OSError as exc:
+            print(f"Server stopped uncleanly: {exc}", file=sys.stderr, flush=True)
+            status = 1
+    return status
 
 
 if __name__ == "__main__":

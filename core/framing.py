@@ -38,28 +38,44 @@ class FrameDecoder:
         Raises FrameError once a header announces more than ``max_frame`` bytes; the
         decoder is unusable afterwards, since the stream has lost its framing.
         """
-        buffer = self._buffer
-        buffer += data
+        self.append(data)
         frames: list[bytes] = []
+        while (payload := self.next_frame()) is not None:
+            frames.append(payload)
+        return frames
+
+    def append(self, data: bytes) -> None:
+        """Add ``data`` without parsing it: ``next_frame`` takes the frames out one by one."""
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """The next complete frame, or None until more bytes arrive.
+
+        Raises FrameError when the next header announces more than ``max_frame`` bytes, and
+        only then: every frame before it has come out. Taken one at a time, frames may be
+        judged by a ``max_frame`` that changes between them (a server allows bigger ones
+        once a connection has logged in).
+        """
+        buffer = self._buffer
         start = self._start
         end = len(buffer)
-        while end - start >= HEADER.size:
-            (length,) = HEADER.unpack_from(buffer, start)
-            if length > self.max_frame:
-                raise FrameError(f"frame of {length} bytes exceeds the limit of {self.max_frame}")
-            body_end = start + HEADER.size + length
-            if body_end > end:
-                break
-            frames.append(bytes(buffer[start + HEADER.size : body_end]))
-            start = body_end
-        if start == end:
+        if end - start < HEADER.size:
+            return None
+        (length,) = HEADER.unpack_from(buffer, start)
+        if length > self.max_frame:
+            raise FrameError(f"frame of {length} bytes exceeds the limit of {self.max_frame}")
+        body_end = start + HEADER.size + length
+        if body_end > end:
+            return None
+        payload = bytes(buffer[start + HEADER.size : body_end])
+        if body_end == end:
             buffer.clear()
-            start = 0
-        elif start > 65536:
-            del buffer[:start]
-            start = 0
-        self._start = start
-        return frames
+            body_end = 0
+        elif body_end > 65536:  # compacting lazily keeps a run of small frames linear
+            del buffer[:body_end]
+            body_end = 0
+        self._start = body_end
+        return payload
 
     @property
     def buffered(self) -> int:

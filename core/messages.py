@@ -50,6 +50,11 @@ def valid_name(name: str) -> bool:
     return 0 < len(name) <= MAX_NAME and name.isprintable() and not any(c.isspace() for c in name)
 
 
+def valid_password(password: str) -> bool:
+    """A password as it may appear on the wire (and so as anyone could ever log in with)."""
+    return 0 < len(password) <= MAX_PASSWORD and password.isprintable() and " " not in password
+
+
 def valid_filename(name: str) -> bool:
     """A file's basename that can be saved without leaving the receive directory."""
     return (
@@ -96,7 +101,7 @@ def _check_name(value: Any, what: str) -> str:
 
 def _check_password(value: Any, what: str) -> str:
     text = _check_str(value, what)
-    if not (0 < len(text) <= MAX_PASSWORD and text.isprintable() and " " not in text):
+    if not valid_password(text):
         raise SchemaError(f"{what} must be 1 to {MAX_PASSWORD} printable characters without spaces")
     return text
 
@@ -387,9 +392,16 @@ def _checker(annotation: Any) -> Checker:
         (item,) = get_args(annotation)
         check_item = _checker(item)
 
+        # Lists of names are what a user types (receivers, members) and are capped; lists
+        # of records are the server's listings (active users, targets) and are bounded
+        # only by the frame size, so 10,000 active users still fit one reply.
+        limit = None if issubclass(item, Record) else MAX_LIST
+
         def check_list(value: Any, what: str) -> list[Any]:
-            if not isinstance(value, list) or len(value) > MAX_LIST:
-                raise SchemaError(f"{what} must be a list of at most {MAX_LIST} items")
+            if not isinstance(value, list):
+                raise SchemaError(f"{what} must be a list")
+            if limit is not None and len(value) > limit:
+                raise SchemaError(f"{what} must have at most {limit} items")
             return [check_item(v, what) for v in value]
 
         return check_list
@@ -432,7 +444,9 @@ class Codec:
     def decode(self, payload: bytes) -> Message:
         """Parse and validate one payload; SchemaError says why it is not a message."""
         try:
-            obj = json.loads(payload)
+            # decode strictly first: json.loads(bytes) would also take UTF-16/32 and a BOM,
+            # and let encoded surrogates through ("surrogatepass")
+            obj = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise SchemaError("payload is not UTF-8 JSON") from exc
         if not isinstance(obj, dict):

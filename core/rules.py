@@ -8,12 +8,11 @@ acknowledged" holds without the rules knowing about files.
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Union
 
-from . import logformat
+from . import logformat, passwords
 from .messages import (
     ActiveUser, ActiveUserEntry, ActiveUsers, Bye, CheckUser, CreateGroup, Error, GroupCreated,
     GroupInvite, GroupJoined, GroupMessage, GroupMsg, GroupSent, GroupVideo, JoinGroup, Login,
@@ -200,8 +199,8 @@ class Chat:
         refusal = self._refusal(username, now)
         if refusal:
             return self._refuse(session.conn, *refusal)
-        # compare_digest takes time independent of where the strings differ
-        if not hmac.compare_digest(request.password.encode(), self.accounts[username].encode()):
+        # a plain password or a scrypt hash entry, compared in constant time either way
+        if not passwords.verify(request.password, self.accounts[username]):
             return self._failed_password(session, username, now)
         self.failures.pop(username, None)
         timestamp = self.clock.timestamp(now)
