@@ -9,7 +9,7 @@ SERVER_FLAGS ?=
 CLIENT_FLAGS ?=
 PYTEST_FLAGS ?=
 
-.PHONY: run-server run-client test bench clean
+.PHONY: run-server run-client test bench hash-password clean
 
 run-server:
 	$(PYTHON) server.py $(PORT) $(ATTEMPTS) $(SERVER_FLAGS)
@@ -26,6 +26,9 @@ $(VENV)/.installed: requirements-test.txt
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_FLAGS)
+
+hash-password:
+	@$(PYTHON) server.py --hash-password
 
 bench:
 	$(PYTHON) -m bench $(if $(QUICK),--quick,)
