@@ -1,0 +1,120 @@
+"""Datagram layout of the peer-to-peer UDP file transfer (docs/udp-transfer.md).
+
+Every datagram starts with the same 18 bytes: a magic/version byte, a kind byte and the
+16-byte transfer id the chat server issued. All integers are big-endian. Decoders return
+``None`` for anything malformed; nothing here raises on bytes that came off the network.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+MAGIC = 0x71  # byte 0: "this is TESSENGER transfer protocol version 1"; anything else is dropped
+TRANSFER_ID_SIZE = 16
+MAX_DATAGRAM = 65_507  # largest UDP payload over IPv4 (65,535 - 20 IP - 8 UDP)
+MAX_SACK_BYTES = 1_024  # an ACK's bitmap covers 8,192 chunks and the ACK fits one Ethernet frame
+MAX_REASON_BYTES = 200
+NO_CHUNK = 0xFFFF_FFFF  # an ACK's trigger when no DATA prompted it
+
+
+class Kind(IntEnum):
+    HELLO = 1  # receiver -> sender: ready; receive window and largest datagram accepted
+    DATA = 2  # sender -> receiver: one chunk of the file
+    ACK = 3  # receiver -> sender: cumulative chunk count plus a bitmap of chunks held beyond it
+    FIN = 4  # sender -> receiver: total size and SHA-256 of the whole file
+    DONE = 5  # receiver -> sender: the digest of what it received matched; carries that digest
+    ABORT = 6  # either way: the transfer is over and failed; carries a short reason
+
+
+_FIRST_KIND = int(Kind.HELLO)  # plain ints: peek_transfer_id runs for every datagram
+_LAST_KIND = int(Kind.ABORT)
+
+COMMON = struct.Struct("!BB16s")
+_COMMON_SIZE = COMMON.size
+HELLO = struct.Struct("!BB16sII")  # window (bytes of receive buffer granted), max datagram
+DATA = struct.Struct("!BB16sII")  # chunk index, chunk size; the payload follows
+ACK = struct.Struct("!BB16sII")  # chunks received in order, trigger; the SACK bitmap follows
+_ACK_FIELDS = struct.Struct("!II")
+FIN = struct.Struct("!BB16sQ32s")  # file size, SHA-256 digest
+DONE = struct.Struct("!BB16s32s")  # SHA-256 digest of the bytes received
+
+DATA_HEADER_SIZE = DATA.size
+DATA_FIELDS = struct.Struct("!II")  # a DATA's chunk index and chunk size, at offset 18
+
+
+def peek_transfer_id(datagram: bytes) -> bytes | None:
+    """The transfer id of a datagram of this protocol, or None if it is not one.
+
+    The shell uses it to route a datagram to its Sender or Receiver; the state machine
+    then checks everything else.
+    """
+    if len(datagram) >= _COMMON_SIZE and datagram[0] == MAGIC and _FIRST_KIND <= datagram[1] <= _LAST_KIND:
+        return datagram[2:18]
+    return None
+
+
+def encode_hello(transfer_id: bytes, window: int, max_datagram: int) -> bytes:
+    return HELLO.pack(MAGIC, Kind.HELLO, transfer_id, window, max_datagram)
+
+
+def encode_ack(transfer_id: bytes, cumulative: int, trigger: int, sack: int) -> bytes:
+    """``trigger`` is the chunk whose arrival prompted this ACK (the sender's RTT sample);
+    ``sack`` bit i set means chunk ``cumulative + i`` is held (bit 0 is always clear)."""
+    return ACK.pack(MAGIC, Kind.ACK, transfer_id, cumulative, trigger) + sack.to_bytes(
+        (sack.bit_length() + 7) // 8, "little"
+    )
+
+
+def encode_fin(transfer_id: bytes, size: int, digest: bytes) -> bytes:
+    return FIN.pack(MAGIC, Kind.FIN, transfer_id, size, digest)
+
+
+def encode_done(transfer_id: bytes, digest: bytes) -> bytes:
+    return DONE.pack(MAGIC, Kind.DONE, transfer_id, digest)
+
+
+def encode_abort(transfer_id: bytes, reason: str) -> bytes:
+    raw = sanitize_reason(reason).encode()[:MAX_REASON_BYTES]
+    return COMMON.pack(MAGIC, Kind.ABORT, transfer_id) + raw
+
+
+def decode_hello(datagram: bytes) -> tuple[int, int] | None:
+    """(window, max_datagram) of a well-formed HELLO."""
+    if len(datagram) != HELLO.size:
+        return None
+    _, _, _, window, max_datagram = HELLO.unpack(datagram)
+    return window, max_datagram
+
+
+def decode_ack(datagram: bytes) -> tuple[int, int, int] | None:
+    """(cumulative, trigger, sack bitmap as an int) of a well-formed ACK."""
+    if not ACK.size <= len(datagram) <= ACK.size + MAX_SACK_BYTES:
+        return None
+    cumulative, trigger = _ACK_FIELDS.unpack_from(datagram, COMMON.size)
+    return cumulative, trigger, int.from_bytes(datagram[ACK.size :], "little")
+
+
+def decode_fin(datagram: bytes) -> tuple[int, bytes] | None:
+    """(size, digest) of a well-formed FIN."""
+    if len(datagram) != FIN.size:
+        return None
+    _, _, _, size, digest = FIN.unpack(datagram)
+    return size, digest
+
+
+def decode_done(datagram: bytes) -> bytes | None:
+    """The digest of a well-formed DONE."""
+    if len(datagram) != DONE.size:
+        return None
+    digest: bytes = DONE.unpack(datagram)[3]
+    return digest
+
+
+def decode_abort(datagram: bytes) -> str:
+    return sanitize_reason(datagram[COMMON.size : COMMON.size + MAX_REASON_BYTES].decode("utf-8", "replace"))
+
+
+def sanitize_reason(reason: str) -> str:
+    """Printable characters only: a peer's reason ends up on the user's terminal."""
+    return "".join(c for c in reason if c.isprintable())[:MAX_REASON_BYTES] or "no reason given"
