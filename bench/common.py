@@ -1,0 +1,261 @@
+"""Shared pieces of the benchmark: the server under test, accounts, wire helpers, statistics.
+
+Everything here is standard library only. The load generators speak the wire protocol
+directly (4-byte big-endian length + UTF-8 JSON, see PROTOCOL.md) instead of going through
+``core`` so that what is measured is the server, not a second copy of its codec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ROOT / "server.py"
+CREDENTIALS = ROOT / "credentials.txt"
+HOST = "127.0.0.1"
+HEADER = struct.Struct("!I")
+START_TIMEOUT = 20.0
+
+
+# --- accounts --------------------------------------------------------------------------
+
+def user(index: int) -> str:
+    return f"user{index}"
+
+
+def password(index: int) -> str:
+    return f"pw{index}!x"
+
+
+def make_data_dir(users: int, prefix: str = "tessenger-bench-", hashed: bool = False) -> Path:
+    """A fresh data directory: the project's accounts plus user0..user{users-1}, whose
+    passwords are stored in plain, or with ``hashed`` as the server's scrypt hash entries."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    lines = CREDENTIALS.read_text(encoding="utf-8").splitlines()
+    if hashed:
+        from core import passwords  # set-up only: the entries server.py --hash-password makes
+
+        lines += [f"{user(i)} {passwords.hash_entry(password(i))}" for i in range(users)]
+    else:
+        lines += [f"{user(i)} {password(i)}" for i in range(users)]
+    (directory / "credentials.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return directory
+
+
+# --- wire ------------------------------------------------------------------------------
+
+def frame(obj: dict) -> bytes:
+    payload = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    return HEADER.pack(len(payload)) + payload
+
+
+def login_frame(index: int, udp_port: int = 9) -> bytes:
+    return frame({"type": "login", "username": user(index), "password": password(index), "udp_port": udp_port})
+
+
+def check_user_frame(index: int) -> bytes:
+    return frame({"type": "check_user", "username": user(index)})
+
+
+def msgto_frame(receiver: int, text: str) -> bytes:
+    return frame({"type": "msgto", "receivers": [user(receiver)], "text": text})
+
+
+LOGOUT = frame({"type": "logout"})
+
+
+def split_frames(buffer: bytearray) -> list[bytes]:
+    """Remove and return every whole frame's payload at the front of ``buffer``."""
+    frames = []
+    pos = 0
+    end = len(buffer)
+    while end - pos >= 4:
+        (length,) = HEADER.unpack_from(buffer, pos)
+        if pos + 4 + length > end:
+            break
+        frames.append(bytes(buffer[pos + 4 : pos + 4 + length]))
+        pos += 4 + length
+    if pos:
+        del buffer[:pos]
+    return frames
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's open-file limit towards ``wanted``; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+# --- processes -------------------------------------------------------------------------
+
+def rss_kib(pid: int) -> int:
+    """The resident set size of ``pid`` in KiB (VmRSS in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time consumed so far by ``pid``."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes have used so far, summed over CPUs (from /proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / CLOCK_TICKS  # all but idle and iowait
+
+
+class CpuWindow:
+    """CPU used over a window by the server, by the load processes, and by everything else."""
+
+    def __init__(self, server_pid: int, load_pids: list[int]) -> None:
+        self.pids = [server_pid, *load_pids]
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, list[float]]:
+        ours = []
+        for pid in self.pids:
+            try:
+                ours.append(cpu_seconds(pid))
+            except OSError:
+                ours.append(0.0)
+        return time.monotonic(), machine_busy_seconds(), ours
+
+    def stop(self) -> dict[str, float]:
+        t1, busy1, ours1 = self._sample()
+        t0, busy0, ours0 = self._start
+        elapsed = t1 - t0
+        server = (ours1[0] - ours0[0]) / elapsed
+        load = sum(b - a for a, b in zip(ours0[1:], ours1[1:])) / elapsed
+        others = max(0.0, (busy1 - busy0) / elapsed - server - load)
+        return {"server_cpu": server, "load_cpu": load, "others_cpu": others}
+
+
+class ServerProcess:
+    """A server (the real server.py, or any command that prints the same first line).
+
+    The first stdout line must contain ``listening on HOST:PORT``; stdout after it is
+    discarded unread (the server runs with ``--quiet``), stderr goes to a file.
+    """
+
+    def __init__(self, command: list[str], data_dir: Path, name: str) -> None:
+        self.data_dir = data_dir
+        self.name = name
+        self.stderr_path = data_dir / f"{name}.stderr"
+        self._stderr = open(self.stderr_path, "wb")
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
+        )
+        first = self._first_line()
+        match = re.search(r"listening on ([^:\s]+):(\d+)", first)
+        if not match:
+            self.stop()
+            raise RuntimeError(f"{name} did not start: {first!r} {self.stderr()}")
+        self.port = int(match.group(2))
+        self.pid = self.process.pid
+        self.spy: subprocess.Popen | None = None  # a profiler attached from outside
+
+    def _first_line(self) -> str:
+        import selectors
+
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if not selector.select(START_TIMEOUT):
+                return ""
+        return self.process.stdout.readline()
+
+    @classmethod
+    def tessenger(cls, data_dir: Path, profile: Path | None = None, extra: list[str] | None = None) -> "ServerProcess":
+        """server.py; with ``profile``, under the profiler chosen in ``bench.profiling``."""
+        from . import profiling
+
+        command = [sys.executable]
+        if profile is not None:
+            command += profiling.server_prefix(profile)
+        command += [str(SERVER), "0", "3", "--host", HOST, "--data-dir", str(data_dir), "--quiet", *(extra or [])]
+        server = cls(command, data_dir, "server")
+        if profile is not None:
+            server.spy = profiling.attach(server.pid, profile)
+        return server
+
+    @classmethod
+    def bare_relay(cls, data_dir: Path) -> "ServerProcess":
+        return cls([sys.executable, "-m", "bench.bare_relay", "--host", HOST, "--port", "0"], data_dir, "bare_relay")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM (the server's clean stop, which also lets cProfile write its file)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.spy is not None:
+            try:
+                self.spy.wait(timeout=30)  # py-spy writes its file when the server has gone
+            except subprocess.TimeoutExpired:
+                self.spy.kill()
+                self.spy.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+        self._stderr.close()
+
+
+def cleanup(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- statistics ------------------------------------------------------------------------
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(0, min(len(sorted_values) - 1, int(round(fraction * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[rank]
+
+
+def now() -> float:
+    """The clock every process of the benchmark shares (CLOCK_MONOTONIC is system-wide)."""
+    return time.monotonic()

@@ -1,0 +1,607 @@
+"""Load-generating processes: each multiplexes many client connections with ``selectors``.
+
+A coordinator (``bench.scenarios``) starts several ``Worker`` processes, each owning a slice
+of the accounts, and drives them through a pipe: the worker logs its clients in, says
+``ready``, then runs one command at a time (``relay``, ``latency``, ...) and answers with its
+measurements. All workers share CLOCK_MONOTONIC, so the coordinator hands them absolute start
+and stop times and they need no other synchronisation.
+
+The hot loops avoid parsing where they can: the relay only counts frames by their length
+headers, and senders keep a bounded number of messages in flight, known locally because each
+sender's receiver lives in the same worker.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+import selectors
+import socket
+import struct
+import time
+import traceback
+from typing import Any
+
+from .common import HEADER, HOST, LOGOUT, check_user_frame, frame, login_frame, msgto_frame, raise_nofile, split_frames, user
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+RECV = 256 * 1024
+LINGER_ABORT = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT left on the loopback's ports
+
+
+class BenchError(Exception):
+    pass
+
+
+class Client:
+    """One connection of the load generator."""
+
+    __slots__ = ("index", "sock", "buf", "out", "events", "state", "partner", "sent", "delivered",
+                 "acks", "tail", "t_start", "t_welcome", "t_done", "expect")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.sock: socket.socket | None = None
+        self.buf = bytearray()  # parsed input (set-up and latency paths)
+        self.out = bytearray()
+        self.events = 0
+        self.state = "new"
+        self.partner: "Client | None" = None  # the receiver of this sender (relay)
+        self.sent = 0
+        self.delivered = 0
+        self.acks = 0
+        self.tail = b""  # a partial frame left by the frame counter
+        self.t_start = 0.0
+        self.t_welcome = 0.0
+        self.t_done = 0.0
+        self.expect = ""
+
+    def count_frames(self, data: bytes) -> int:
+        """Count whole frames in the stream without parsing them."""
+        if self.tail:
+            data = self.tail + data
+        pos = 0
+        end = len(data)
+        n = 0
+        unpack = HEADER.unpack_from
+        while end - pos >= 4:
+            step = 4 + unpack(data, pos)[0]
+            if pos + step > end:
+                break
+            pos += step
+            n += 1
+        self.tail = data[pos:] if pos < end else b""
+        return n
+
+
+class Fleet:
+    """A worker's clients and its selector."""
+
+    def __init__(self, port: int, indices: list[int]) -> None:
+        self.port = port
+        self.selector = selectors.DefaultSelector()
+        self.clients = [Client(i) for i in indices]
+        self.by_index = {c.index: c for c in self.clients}
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def watch(self, c: Client, events: int) -> None:
+        if events == c.events:
+            return
+        if c.events == 0:
+            self.selector.register(c.sock, events, c)
+        elif events == 0:
+            self.selector.unregister(c.sock)
+        else:
+            self.selector.modify(c.sock, events, c)
+        c.events = events
+
+    def send(self, c: Client, data: bytes) -> None:
+        """Queue ``data`` and write what the socket takes now."""
+        out = c.out
+        if out:
+            out += data
+            return  # already waiting for writability
+        try:
+            sent = c.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            out += data[sent:]
+            self.watch(c, READ | WRITE)
+
+    def flush(self, c: Client) -> None:
+        out = c.out
+        if out:
+            try:
+                sent = c.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            del out[:sent]
+        if not out:
+            self.watch(c, READ)
+
+    def read_frames(self, c: Client) -> list[dict]:
+        data = c.sock.recv(RECV)
+        if not data:
+            raise BenchError(f"server closed {user(c.index)} (state {c.state})")
+        c.buf += data
+        return [json.loads(p) for p in split_frames(c.buf)]
+
+    # --- connecting and logging in ---------------------------------------------------
+
+    def login_all(self, clients: list[Client] | None = None, *, check_user: bool = False, logout: bool = False,
+                  window: int = 256, timeout: float = 120.0) -> None:
+        """Connect and log in ``clients`` (all by default), at most ``window`` at a time.
+
+        With ``check_user`` each does what client.py does (check_user, then login); with
+        ``logout`` each logs out again after its welcome and waits for the server's close.
+        Timestamps of each step are kept on the clients.
+        """
+        todo = list(reversed(clients if clients is not None else self.clients))
+        busy = 0
+        finished = 0
+        total = len(todo)
+        deadline = time.monotonic() + timeout
+        selector = self.selector
+        while finished < total:
+            while todo and busy < window:
+                c = todo.pop()
+                self._start_connect(c, check_user)
+                busy += 1
+            if time.monotonic() > deadline:
+                raise BenchError(f"login timed out: {finished} of {total} done")
+            for key, mask in selector.select(1.0):
+                c = key.data
+                if c.state == "connecting":
+                    err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise BenchError(f"connect failed for {user(c.index)}: {errno.errorcode.get(err, err)}")
+                    c.state = "check" if check_user else "login"
+                    self.watch(c, READ)
+                    self.send(c, check_user_frame(c.index) if check_user else login_frame(c.index))
+                    continue
+                if mask & WRITE:
+                    self.flush(c)
+                if not mask & READ:
+                    continue
+                if c.state in ("bye", "closing"):
+                    try:
+                        data = c.sock.recv(RECV)
+                    except ConnectionResetError:
+                        data = b""
+                    c.buf += data
+                    for message in (json.loads(p) for p in split_frames(c.buf)):
+                        if message["type"] != "bye":
+                            raise BenchError(f"{user(c.index)} expected bye, got {message}")
+                        c.state = "closing"  # the server closes after its bye
+                    if not data:
+                        if c.state != "closing":
+                            raise BenchError(f"{user(c.index)} closed without bye")
+                        c.t_done = time.monotonic()
+                        self.watch(c, 0)
+                        c.sock.close()
+                        c.sock = None
+                        c.state = "done"
+                        busy -= 1
+                        finished += 1
+                    continue
+                for message in self.read_frames(c):
+                    kind = message["type"]
+                    if c.state == "check" and kind == "user_ok":
+                        c.state = "login"
+                        self.send(c, login_frame(c.index))
+                    elif c.state == "login" and kind == "welcome":
+                        c.t_welcome = time.monotonic()
+                        if logout:
+                            c.state = "bye"
+                            self.send(c, LOGOUT)
+                        else:
+                            c.state = "in"
+                            busy -= 1
+                            finished += 1
+                    else:
+                        raise BenchError(f"{user(c.index)} in state {c.state} got {message}")
+
+    def _start_connect(self, c: Client, check_user: bool) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.sock = sock
+        c.events = 0
+        c.state = "connecting"
+        c.t_start = time.monotonic()
+        err = sock.connect_ex((HOST, self.port))
+        if err not in (0, errno.EINPROGRESS):
+            raise BenchError(f"connect failed for {user(c.index)}: {errno.errorcode.get(err, err)}")
+        self.watch(c, WRITE)
+
+    def close_all(self) -> None:
+        for c in self.clients:
+            if c.sock is not None:
+                if c.events:
+                    self.selector.unregister(c.sock)
+                    c.events = 0
+                try:
+                    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
+                except OSError:
+                    pass
+                c.sock.close()
+                c.sock = None
+        self.selector.close()
+
+    def drain(self, seconds: float) -> None:
+        """Read and discard whatever arrives for ``seconds`` (e.g. group invitations)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            for key, mask in self.selector.select(left):
+                c = key.data
+                if mask & WRITE:
+                    self.flush(c)
+                if mask & READ:
+                    self.read_frames(c)
+
+
+# --- the commands a worker runs ----------------------------------------------------------
+
+def wait_until(t: float) -> None:
+    while (left := t - time.monotonic()) > 0:
+        time.sleep(min(left, 0.05))
+
+
+class Worker:
+    """One load process. ``params``: port, indices, and what the scenario needs."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+        raise_nofile(len(params["indices"]) + 256)
+        self.fleet = Fleet(params["port"], params["indices"])
+
+    # set-up -----------------------------------------------------------------------------
+
+    def setup(self) -> dict[str, Any]:
+        if self.params.get("login", True):
+            self.fleet.login_all(window=self.params.get("window", 256))
+        return {"clients": len(self.fleet.clients)}
+
+    # relay: senders paired with receivers, bounded in flight -----------------------------
+
+    def relay(self, start: float, mark: float, end: float, window: int, text: str) -> dict[str, Any]:
+        """Pairs (2k -> 2k+1) pipeline ``window`` messages each; count deliveries in [mark, end)."""
+        fleet = self.fleet
+        by_index = fleet.by_index
+        senders = []
+        for c in fleet.clients:
+            if c.index % 2 == 0:
+                c.partner = by_index[c.index + 1]
+                c.partner.partner = c
+                senders.append(c)
+        batches = {c.index: msgto_frame(c.partner.index, text) for c in senders}
+        low = window // 2
+        select = fleet.selector.select
+        send = fleet.send
+        flush = fleet.flush
+        delivered = 0
+        acks = 0
+        mark_count = mark_time = None
+        wait_until(start)
+        for c in senders:
+            send(c, batches[c.index] * window)
+            c.sent += window
+        while True:
+            t = time.monotonic()
+            if mark_count is None and t >= mark:
+                mark_count, mark_time = delivered, t
+            if t >= end:
+                break
+            for key, mask in select(0.05):
+                c = key.data
+                if mask & READ:
+                    data = c.sock.recv(RECV)
+                    if not data:
+                        raise BenchError(f"server closed {user(c.index)}")
+                    n = c.count_frames(data)
+                    if c.index % 2:  # a receiver: its sender may send more
+                        delivered += n
+                        s = c.partner
+                        s.delivered += n
+                        in_flight = s.sent - s.delivered
+                        if in_flight <= low:
+                            more = window - in_flight
+                            s.sent += more
+                            send(s, batches[s.index] * more)
+                    else:
+                        acks += n
+                if mask & WRITE:
+                    flush(c)
+        return {"delivered": delivered - mark_count, "seconds": t - mark_time, "acks": acks,
+                "sent": sum(c.sent for c in senders), "total_delivered": delivered}
+
+    # latency: a fixed offered rate, timestamps in the text ---------------------------------
+
+    def latency(self, start: float, mark: float, end: float, rate: float, drain: float = 1.0) -> dict[str, Any]:
+        """Send ``rate`` messages/s round robin over the clients (each to index ^ 1); latencies of
+        messages sent in [mark, end) in microseconds."""
+        fleet = self.fleet
+        clients = fleet.clients
+        n = len(clients)
+        partner_name = [f'{{"type":"msgto","receivers":["{user(c.index ^ 1)}"],"text":"' for c in clients]
+        select = fleet.selector.select
+        send = fleet.send
+        flush = fleet.flush
+        mark_ns = int(mark * 1e9)
+        end_ns = int(end * 1e9)
+        samples: list[int] = []
+        sent = 0
+        received = 0
+        acks = 0
+        errors: list[str] = []
+        stop = end + drain
+        wait_until(start)
+        t0 = start
+        while True:
+            t = time.monotonic()
+            if t >= stop:
+                break
+            if t < end:
+                due = int((t - t0) * rate) - sent
+                for _ in range(due):
+                    i = sent % n
+                    payload = f'{partner_name[i]}lat {time.monotonic_ns()} {sent}"}}'.encode()
+                    send(clients[i], HEADER.pack(len(payload)) + payload)
+                    sent += 1
+                timeout = max(0.0, min(t0 + (sent + 1) / rate, end) - time.monotonic())
+            else:
+                timeout = stop - t
+            for key, mask in select(timeout):
+                c = key.data
+                if mask & READ:
+                    data = c.sock.recv(RECV)
+                    arrived = time.monotonic_ns()
+                    if not data:
+                        raise BenchError(f"server closed {user(c.index)}")
+                    c.buf += data
+                    for payload in split_frames(c.buf):
+                        message = json.loads(payload)
+                        kind = message["type"]
+                        if kind == "msg_sent":
+                            acks += 1
+                        elif kind in ("message", "msgto"):  # msgto: forwarded as is by the bare relay
+                            received += 1
+                            stamp = int(message["text"].split()[1])
+                            if mark_ns <= stamp < end_ns:
+                                samples.append(arrived - stamp)
+                        else:
+                            errors.append(str(message)[:200])
+                if mask & WRITE:
+                    flush(c)
+        return {"samples_us": [s // 1000 for s in samples], "sent": sent, "received": received, "acks": acks,
+                "errors": errors[:5], "seconds": end - start}
+
+    # sessions: hold the logged-in clients idle -----------------------------------------------
+
+    def idle(self, seconds: float) -> dict[str, Any]:
+        """Stay connected, reading anything that comes, for ``seconds``."""
+        self.fleet.drain(seconds)
+        return {"logged_in": sum(c.state == "in" for c in self.fleet.clients)}
+
+    # login: full login/logout cycles -----------------------------------------------------------
+
+    def login_cycle(self, start: float, window: int) -> dict[str, Any]:
+        wait_until(start)
+        t = time.monotonic()
+        self.fleet.login_all(check_user=True, logout=True, window=window)
+        clients = self.fleet.clients
+        return {"cycles": sum(c.state == "done" for c in clients), "start": t,
+                "last_welcome": max(c.t_welcome for c in clients), "last_done": max(c.t_done for c in clients),
+                "login_ms": sorted((c.t_welcome - c.t_start) * 1000 for c in clients)}
+
+    # group fan-out ---------------------------------------------------------------------------
+
+    def create_group(self, creator: int, group: str, members: list[int]) -> dict[str, Any]:
+        c = self.fleet.by_index[creator]
+        self.fleet.send(c, frame({"type": "creategroup", "group": group, "members": [user(m) for m in members]}))
+        reply = self._reply(c, "group_created")
+        return {"members": len(reply["members"])}
+
+    def join_group(self, group: str, skip: int) -> dict[str, Any]:
+        joiners = [c for c in self.fleet.clients if c.index != skip]
+        for c in joiners:
+            self.fleet.send(c, frame({"type": "joingroup", "group": group}))
+        for c in joiners:
+            self._reply(c, "group_joined", ignore=("group_invite",))
+        return {"joined": len(joiners)}
+
+    def _reply(self, c: Client, kind: str, ignore: tuple[str, ...] = (), timeout: float = 30.0) -> dict:
+        """Wait for ``c``'s next message of type ``kind`` (other clients' input is kept)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for payload in split_frames(c.buf):
+                message = json.loads(payload)
+                if message["type"] == kind:
+                    return message
+                if message["type"] not in ignore:
+                    raise BenchError(f"{user(c.index)} expected {kind}, got {message}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{user(c.index)}: no {kind}")
+            for key, mask in self.fleet.selector.select(1.0):
+                other = key.data
+                if mask & WRITE:
+                    self.fleet.flush(other)
+                if mask & READ:
+                    data = other.sock.recv(RECV)
+                    if not data:
+                        raise BenchError(f"server closed {user(other.index)}")
+                    other.buf += data
+
+    def group_fanout(self, start: float, group: str, sender: int | None, repeats: int, expect: int,
+                     timeout: float = 60.0) -> dict[str, Any]:
+        """If ``sender`` is ours it posts ``repeats`` messages, each after the previous one's ack;
+        every member here records when each message arrived. ``expect``: deliveries due here."""
+        fleet = self.fleet
+        select = fleet.selector.select
+        s = fleet.by_index.get(sender) if sender is not None else None
+        last_arrival: dict[int, int] = {}  # message number -> latest arrival here (ns)
+        sent_at: dict[int, int] = {}
+        acked_at: dict[int, int] = {}
+        received = 0
+        errors: list[str] = []
+        wait_until(start)
+        deadline = time.monotonic() + timeout
+        posted = 0
+
+        def post() -> None:
+            nonlocal posted
+            stamp = time.monotonic_ns()
+            sent_at[posted] = stamp
+            fleet.send(s, frame({"type": "groupmsg", "group": group, "text": f"grp {posted} {stamp}"}))
+            posted += 1
+
+        if s is not None:
+            post()
+        while received < expect or (s is not None and len(acked_at) < repeats):
+            if time.monotonic() > deadline:
+                errors.append(f"timed out: {received} of {expect} deliveries")
+                break
+            for key, mask in select(1.0):
+                c = key.data
+                if mask & WRITE:
+                    fleet.flush(c)
+                if not mask & READ:
+                    continue
+                data = c.sock.recv(RECV)
+                arrived = time.monotonic_ns()
+                if not data:
+                    raise BenchError(f"server closed {user(c.index)}")
+                c.buf += data
+                for payload in split_frames(c.buf):
+                    message = json.loads(payload)
+                    kind = message["type"]
+                    if kind == "group_message":
+                        number = int(message["text"].split()[1])
+                        received += 1
+                        if arrived > last_arrival.get(number, 0):
+                            last_arrival[number] = arrived
+                    elif kind == "group_sent" and c is s:
+                        acked_at[len(acked_at)] = arrived
+                        if posted < repeats:
+                            post()
+                    elif kind != "group_invite":
+                        errors.append(str(message)[:200])
+        return {"received": received, "last_arrival": last_arrival, "sent_at": sent_at, "acked_at": acked_at,
+                "errors": errors[:5]}
+
+    def close(self) -> None:
+        self.fleet.close_all()
+
+
+def worker_main(pipe, params: dict[str, Any]) -> None:
+    """Entry point of a load process: set up, then run the coordinator's commands in turn."""
+    worker = None
+    try:
+        worker = Worker(params)
+        pipe.send(("ok", worker.setup()))
+        while True:
+            command, arguments = pipe.recv()
+            if command == "close":
+                break
+            pipe.send(("ok", getattr(worker, command)(**arguments)))
+    except BaseException:  # report it: the coordinator is waiting for an answer
+        try:
+            pipe.send(("error", traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass
+    finally:
+        if worker is not None:
+            worker.close()
+        pipe.close()
+
+
+class Workers:
+    """The coordinator's handle on a set of load processes."""
+
+    def __init__(self, port: int, slices: list[list[int]], timeout: float = 180.0, **params: Any) -> None:
+        context = multiprocessing.get_context("fork")
+        self.timeout = timeout
+        self.pipes = []
+        self.processes = []
+        for indices in slices:
+            ours, theirs = context.Pipe()
+            process = context.Process(target=worker_main, args=(theirs, {"port": port, "indices": indices, **params}),
+                                      daemon=True)
+            process.start()
+            theirs.close()
+            self.pipes.append(ours)
+            self.processes.append(process)
+        try:
+            self.setup = self.gather()
+        except BaseException:
+            self.close()
+            raise
+
+    def gather(self, pipes=None) -> list[dict[str, Any]]:
+        results = []
+        for pipe in pipes if pipes is not None else self.pipes:
+            if not pipe.poll(self.timeout):
+                raise BenchError("a load process did not answer in time")
+            status, value = pipe.recv()
+            if status != "ok":
+                raise BenchError(f"load process failed:\n{value}")
+            results.append(value)
+        return results
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def start(self, command: str, **arguments: Any) -> None:
+        """Have every worker start ``command``; ``gather`` collects their answers."""
+        for pipe in self.pipes:
+            pipe.send((command, arguments))
+
+    def run(self, command: str, **arguments: Any) -> list[dict[str, Any]]:
+        """Run ``command`` on every worker at once; their answers in worker order."""
+        self.start(command, **arguments)
+        return self.gather()
+
+    def run_on(self, which: int, command: str, **arguments: Any) -> dict[str, Any]:
+        self.pipes[which].send((command, arguments))
+        return self.gather([self.pipes[which]])[0]
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            try:
+                pipe.send(("close", {}))
+            except (BrokenPipeError, OSError):
+                pass
+        for process in self.processes:
+            process.join(30)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        for pipe in self.pipes:
+            pipe.close()
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def split(indices: list[int], parts: int, even: bool = False) -> list[list[int]]:
+    """Cut ``indices`` into ``parts`` contiguous slices (of even length when ``even``, so the
+    pairs 2k, 2k+1 stay together)."""
+    parts = max(1, min(parts, len(indices)))
+    unit = 2 if even else 1
+    units = len(indices) // unit
+    slices = []
+    start = 0
+    for p in range(parts):
+        size = (units // parts + (1 if p < units % parts else 0)) * unit
+        slices.append(indices[start:start + size])
+        start += size
+    slices[-1] += indices[start:]
+    return [s for s in slices if s]
