@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Callable, Protocol, Union
+from typing import Callable, Protocol, Sequence, Union
 
 from . import commands, render
 from .framing import DEFAULT_MAX_FRAME
@@ -80,10 +80,13 @@ class Exit:
 
 @dataclass(frozen=True, slots=True)
 class Upload:
-    """The server set up a transfer: send the file at ``path`` to each of ``ready.targets``."""
+    """The server set up a transfer: send the file at ``path`` (``size`` bytes, as announced
+    to the server) to each of ``ready.targets``; ``group`` is set for ``/groupvideo``."""
 
     path: str
     ready: TransferReady
+    size: int
+    group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,25 +97,34 @@ class Download:
 
 
 @dataclass(frozen=True, slots=True)
-class Datagram:
-    """Send one UDP datagram (a transfer engine's effect)."""
+class Datagrams:
+    """Send these UDP datagrams to ``address``, in order (a transfer engine's effect)."""
 
-    data: bytes
+    datagrams: Sequence[bytes]
     address: Address
 
 
-Effect = Union[Send, Print, Ask, Exit, Upload, Download, Datagram]
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Show ``text`` as the progress line on a terminal, redrawn in place; None removes it."""
+
+    text: str | None
+
+
+Effect = Union[Send, Print, Ask, Exit, Upload, Download, Datagrams, Status]
 
 
 class Transfers(Protocol):
-    """The seam for the peer-to-peer engine: the shell drives it with these calls only.
+    """The seam for the peer-to-peer engine (``core.transfers.TransferEngine``): the shell
+    drives it with these calls only.
 
-    It receives every datagram that reaches the client's UDP socket, is ticked whenever its
-    ``deadline`` (a ``time.monotonic`` value; ``now`` means "more to send now") passes, and
-    answers with effects (``Datagram`` to send, ``Print`` to show).
+    It receives every datagram that reaches the client's UDP socket, is ticked on every turn
+    of the loop and whenever its ``deadline`` (a ``time.monotonic`` value; one already past
+    means "more to send now") passes, and answers with effects (``Datagrams`` to send,
+    ``Print`` to show, ``Status`` for the progress line).
     """
 
-    def upload(self, path: str, ready: TransferReady, now: float) -> list[Effect]: ...
+    def upload(self, request: Upload, now: float) -> list[Effect]: ...
 
     def download(self, offer: TransferOffer, now: float) -> list[Effect]: ...
 
@@ -122,35 +134,10 @@ class Transfers(Protocol):
 
     def deadline(self) -> float | None: ...
 
-    def close(self, now: float) -> list[Effect]:
-        """The client is leaving: abandon every transfer (leave no partial file behind)."""
+    def close(self, now: float, reason: str) -> list[Effect]:
+        """The client is leaving: abort every transfer (the peers are told ``reason``) and
+        leave no partial file behind."""
         ...
-
-
-class NoTransfers:
-    """Stands in until the UDP engine is integrated: says what would happen, drops datagrams."""
-
-    def upload(self, path: str, ready: TransferReady, now: float) -> list[Effect]:
-        if not ready.targets:
-            return [Print(f"No other active member to send {ready.filename} to.")]
-        return [Print(f"Ready to send {ready.filename} to {t.audience} at {t.ip}:{t.udp_port}; "
-                      "UDP transfer is not available yet.") for t in ready.targets]
-
-    def download(self, offer: TransferOffer, now: float) -> list[Effect]:
-        return [Print(f"{offer.presenter} is sending you {offer.filename} ({offer.size} bytes); "
-                      "UDP transfer is not available yet.")]
-
-    def datagram(self, data: bytes, address: Address, now: float) -> list[Effect]:
-        return []
-
-    def tick(self, now: float) -> list[Effect]:
-        return []
-
-    def deadline(self) -> float | None:
-        return None
-
-    def close(self, now: float) -> list[Effect]:
-        return []
 
 
 # --- the session -------------------------------------------------------------------------
@@ -192,6 +179,7 @@ class ClientSession:
         self._end_of_input = False
         self._replies_due = 0
         self._command: commands.Command | None = None  # the command awaiting replies
+        self._file_size = 0  # of the file a /p2pvideo or /groupvideo in flight announced
         self._leave_by: float | None = None
 
     @property
@@ -342,6 +330,7 @@ class ClientSession:
             return f"Error. File {command.path} does not exist."
         except OSError as exc:
             return f"Error. Cannot read {command.path}: {exc.strerror}."
+        self._file_size = size
         if isinstance(command, commands.P2PVideo):
             return P2PVideo(command.audience, command.filename, size)
         return GroupVideo(command.group, command.filename, size)
@@ -386,8 +375,10 @@ class ClientSession:
             if isinstance(message, Bye):
                 effects += self._exit(0)
             return effects  # a reply to a command still in flight: shown, nothing started
-        if isinstance(message, TransferReady) and isinstance(self._command, (commands.P2PVideo, commands.GroupVideo)):
-            effects.append(Upload(self._command.path, message))
+        command = self._command
+        if isinstance(message, TransferReady) and isinstance(command, (commands.P2PVideo, commands.GroupVideo)):
+            group = command.group if isinstance(command, commands.GroupVideo) else None
+            effects.append(Upload(command.path, message, self._file_size, group))
         if self.state is State.BUSY:
             self._replies_due -= 1
             if self._replies_due == 0:

@@ -253,10 +253,11 @@ def test_p2pvideo_checks_and_set_up(server: ServerProcess, start: Start) -> None
     assert yoda.command("/p2pvideo Ghost test.mp4") == ["Error. User Ghost does not exist."]
     assert yoda.command("/p2pvideo Hans test.mp4") == ["Hans is offline"]
     assert yoda.command("/p2pvideo Yoda test.mp4") == ["Error. You cannot send a file to yourself."]
-    (ready,) = yoda.command("/p2pvideo Luke test.mp4")
-    assert "test.mp4" in ready and "Luke" in ready
-    offer = luke.output.expect(r"Yoda is sending you test\.mp4 \(1000 bytes\).*")
-    assert offer
+    assert yoda.command("/p2pvideo Luke test.mp4") == ["Sending test.mp4 (1000 bytes) to Luke."]
+    luke.output.expect(r"Receiving test\.mp4 \(1000 bytes\) from Yoda\.")
+    luke.output.expect("Received test.mp4 from Yoda")
+    yoda.output.expect("test.mp4 has been uploaded")
+    assert (luke.workdir / "Yoda_test.mp4").read_bytes() == b"\0" * 1000
 
 
 def test_groupvideo_checks(server: ServerProcess, start: Start) -> None:
@@ -269,7 +270,7 @@ def test_groupvideo_checks(server: ServerProcess, start: Start) -> None:
     luke.output.expect("Yoda added you to group chat jedi. Use /joingroup jedi to join.")
     assert yoda.command("/groupvideo jedi nothing.mp4") == ["Error. File nothing.mp4 does not exist."]
     assert luke.command("/groupvideo jedi test.mp4") == ["Please join the group before sending messages."]
-    assert yoda.command("/groupvideo jedi test.mp4") == ["No other active member to send test.mp4 to."]
+    assert yoda.command("/groupvideo jedi test.mp4") == ["No other joined member of jedi is active: test.mp4 was not sent."]
 
 
 # --- leaving ------------------------------------------------------------------------------
@@ -431,4 +432,5 @@ def test_bad_arguments_give_one_line_and_fail(tmp_path: Path, arguments: list[st
 def test_help_lists_the_options(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "client.py"), "--help"],
                             capture_output=True, text=True, timeout=20)
-    assert result.returncode == 0 and "--receive-dir" in result.stdout
+    assert result.returncode == 0
+    assert all(flag in result.stdout for flag in ("--receive-dir", "--datagram-size", "--max-receive-size"))

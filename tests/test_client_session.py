@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from core.client_session import (
     CONNECTION_LOST, INVALID_PASSWORD, INVALID_USERNAME, LOGIN_CANCELLED, LOGOUT_WAIT, Ask,
-    ClientSession, Download, Effect, Exit, NoTransfers, Print, Prompt, Send, State, Upload,
+    ClientSession, Download, Effect, Exit, Print, Prompt, Send, State, Upload,
 )
 from core.commands import COMMAND_PROMPT
 from core.messages import (
@@ -213,7 +213,7 @@ def test_p2pvideo_checks_the_file_then_sends_its_basename_and_size() -> None:
         Print("Error. File missing.mp4 does not exist."), ASK_COMMAND]
     assert session.line("/p2pvideo Luke videos/clip.mp4", 0.0) == [Send(P2PVideo("Luke", "clip.mp4", 99))]
     ready = TransferReady("clip.mp4", [TransferTarget("Luke", "10.0.0.2", 6000, TID)])
-    assert session.received(ready, 0.0) == [Upload("videos/clip.mp4", ready), ASK_COMMAND]
+    assert session.received(ready, 0.0) == [Upload("videos/clip.mp4", ready, 99), ASK_COMMAND]
 
 
 def test_groupvideo_and_unreadable_files() -> None:
@@ -238,14 +238,11 @@ def test_transfer_offers_go_to_the_transfer_engine() -> None:
     assert session.received(offer, 0.0) == [Download(offer)]
 
 
-def test_no_transfers_placeholder_reports_and_drops() -> None:
-    transfers = NoTransfers()
-    ready = TransferReady("a.mp4", [TransferTarget("Luke", "10.0.0.2", 6000, TID)])
-    assert len(printed(transfers.upload("a.mp4", ready, 0.0))) == 1
-    assert printed(transfers.upload("a.mp4", TransferReady("a.mp4", []), 0.0)) == [
-        "No other active member to send a.mp4 to."]
-    assert transfers.datagram(b"junk", ("10.0.0.2", 6000), 0.0) == []
-    assert transfers.deadline() is None
+def test_groupvideo_uploads_name_the_group_and_the_announced_size() -> None:
+    session = logged_in()
+    session.line("/groupvideo g1 test.mp4", 0.0)
+    ready = TransferReady("test.mp4", [TransferTarget("Luke", "10.0.0.2", 6000, TID)])
+    assert session.received(ready, 0.0) == [Upload("test.mp4", ready, 1234, "g1"), ASK_COMMAND]
 
 
 # --- leaving -----------------------------------------------------------------------------

@@ -892,6 +892,6 @@ class ChatMachine(RuleBasedStateMachine):
 
 TestChatMachine = ChatMachine.TestCase
 TestChatMachine.settings = settings(
-    max_examples=100, stateful_step_count=60, deadline=None,
+    max_examples=100, stateful_step_count=60, deadline=None, report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
