@@ -37,8 +37,8 @@ from typing import Callable, NoReturn, TextIO
 
 from core import logformat, passwords
 from core.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode as frame
-from core.messages import MAX_PASSWORD, Error, Message, SchemaError, encode, requests, valid_password
-from core.rules import Announce, Append, Chat, Close, Code, Effect, Send, parse_credentials
+from core.messages import MAX_PASSWORD, Code, Error, Message, SchemaError, encode, requests, valid_password
+from core.rules import Announce, Append, Chat, Close, Effect, Send, parse_credentials
 
 # One flooding client cannot starve the rest: per turn it gets one read and at most
 # FRAMES_PER_TURN of its requests handled; until its decoder holds no whole frame it is not

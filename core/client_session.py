@@ -25,11 +25,10 @@ from typing import Callable, Protocol, Sequence, Union
 from . import commands, render
 from .framing import DEFAULT_MAX_FRAME
 from .messages import (
-    ActiveUser, Bye, CheckUser, CreateGroup, Error, GroupInvite, GroupMessage, GroupMsg,
+    ActiveUser, Bye, CheckUser, Code, CreateGroup, Error, GroupInvite, GroupMessage, GroupMsg,
     GroupVideo, JoinGroup, Login, Logout, Message, MsgTo, P2PVideo, PrivateMessage, Request,
     SchemaError, TransferOffer, TransferReady, UserOk, Welcome, encode, requests, valid_name,
 )
-from .rules import Code
 
 LOGOUT_WAIT = 2.0  # seconds to wait for the server's ``bye`` before leaving anyway
 LOGIN_CANCELLED = "Login cancelled."

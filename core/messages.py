@@ -157,6 +157,17 @@ _SCALAR_CHECKS: dict[type, Checker] = {
 }
 
 
+class Code:
+    """Error codes: they tell a client what to do next; the text is what to show."""
+
+    INVALID_USERNAME = "invalid_username"  # ask for the username again
+    INVALID_PASSWORD = "invalid_password"  # ask for the password again
+    ALREADY_LOGGED_IN = "already_logged_in"  # ask for the username again
+    BLOCKED = "blocked"  # exit; the server closes the connection
+    COMMAND = "command"  # show it and prompt again
+    PROTOCOL = "protocol"  # the request broke the protocol; the connection is closed
+
+
 # --- the messages ------------------------------------------------------------------------
 
 class Message:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Union
 
 from . import logformat, passwords
 from .messages import (
-    ActiveUser, ActiveUserEntry, ActiveUsers, Bye, CheckUser, CreateGroup, Error, GroupCreated,
+    ActiveUser, Code, ActiveUserEntry, ActiveUsers, Bye, CheckUser, CreateGroup, Error, GroupCreated,
     GroupInvite, GroupJoined, GroupMessage, GroupMsg, GroupSent, GroupVideo, JoinGroup, Login,
     Logout, Message, MsgSent, MsgTo, P2PVideo, PrivateMessage, Request, TransferOffer,
     TransferReady, TransferTarget, UserOk, Welcome,
@@ -22,17 +22,6 @@ from .messages import (
 
 ConnId = int
 DEFAULT_BLOCK_SECONDS = 10.0
-
-
-class Code:
-    """Error codes: they tell a client what to do next; the text is what to show."""
-
-    INVALID_USERNAME = "invalid_username"  # ask for the username again
-    INVALID_PASSWORD = "invalid_password"  # ask for the password again
-    ALREADY_LOGGED_IN = "already_logged_in"  # ask for the username again
-    BLOCKED = "blocked"  # exit; the server closes the connection
-    COMMAND = "command"  # show it and prompt again
-    PROTOCOL = "protocol"  # the request broke the protocol; the connection is closed
 
 
 # --- effects -----------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from core.messages import (
     Logout, Message, MsgSent, MsgTo, P2PVideo, PrivateMessage, TransferOffer, TransferReady,
     TransferTarget, UserOk, Welcome,
 )
-from core.rules import Announce, Append, Chat, Close, Code, Send, parse_credentials
+from core.messages import Code
+from core.rules import Announce, Append, Chat, Close, Send, parse_credentials
 
 ACCOUNTS = {"Yoda": "wise*!@#", "Hans": "solo$%()", "Leia": "=+_-org", "Luke": "x"}
 UNKNOWN = ["Vader", "yoda", "Hans2"]
