@@ -124,11 +124,16 @@ class Fleet:
             self.watch(c, READ)
 
     def read_frames(self, c: Client) -> list[dict]:
+        return self.receive(c)[1]
+
+    def receive(self, c: Client) -> tuple[int, list[dict]]:
+        """One read: its arrival time (taken before any parsing) and the messages it completed."""
         data = c.sock.recv(RECV)
+        arrived = time.monotonic_ns()
         if not data:
             raise BenchError(f"server closed {user(c.index)} (state {c.state})")
         c.buf += data
-        return [json.loads(p) for p in split_frames(c.buf)]
+        return arrived, [json.loads(p) for p in split_frames(c.buf)]
 
     # --- connecting and logging in ---------------------------------------------------
 
@@ -358,13 +363,8 @@ class Worker:
             for key, mask in select(timeout):
                 c = key.data
                 if mask & READ:
-                    data = c.sock.recv(RECV)
-                    arrived = time.monotonic_ns()
-                    if not data:
-                        raise BenchError(f"server closed {user(c.index)}")
-                    c.buf += data
-                    for payload in split_frames(c.buf):
-                        message = json.loads(payload)
+                    arrived, messages = fleet.receive(c)
+                    for message in messages:
                         kind = message["type"]
                         if kind == "msg_sent":
                             acks += 1
@@ -471,13 +471,8 @@ class Worker:
                     fleet.flush(c)
                 if not mask & READ:
                     continue
-                data = c.sock.recv(RECV)
-                arrived = time.monotonic_ns()
-                if not data:
-                    raise BenchError(f"server closed {user(c.index)}")
-                c.buf += data
-                for payload in split_frames(c.buf):
-                    message = json.loads(payload)
+                arrived, messages = fleet.receive(c)
+                for message in messages:
                     kind = message["type"]
                     if kind == "group_message":
                         number = int(message["text"].split()[1])
