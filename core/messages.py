@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from operator import attrgetter, call
 from typing import Any, Callable, ClassVar, Union, get_args, get_origin, get_type_hints
 
 MAX_TEXT = 1000
@@ -88,73 +90,44 @@ class TransferId(str):
     """Marker: 32 lower-case hex digits (16 random bytes)."""
 
 
-def _check_str(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise SchemaError(f"{what} must be a string")
-    return value
+def _text_problem(text: str) -> str | None:
+    problem = valid_text(text)
+    return f": {problem}" if problem else None
 
 
-def _check_name(value: Any, what: str) -> str:
-    if not valid_name(_check_str(value, what)):
-        raise SchemaError(f"{what} must be 1 to {MAX_NAME} printable characters without spaces")
-    return value
+def _transfer_id_problem(text: str) -> str | None:
+    return " must be 32 lower-case hex digits" if len(text) != 32 or text.strip("0123456789abcdef") else None
 
 
-def _check_password(value: Any, what: str) -> str:
-    text = _check_str(value, what)
-    if not valid_password(text):
-        raise SchemaError(f"{what} must be 1 to {MAX_PASSWORD} printable characters without spaces")
-    return text
+def _int_problem(number: int) -> str | None:
+    return " must be a non-negative integer" if number < 0 else None
 
 
-def _check_text(value: Any, what: str) -> str:
-    problem = valid_text(_check_str(value, what))
-    if problem:
-        raise SchemaError(f"{what}: {problem}")
-    return value
+def _port_problem(number: int) -> str | None:
+    return _int_problem(number) or (" must be a port number" if number > 65535 else None)
 
 
-def _check_filename(value: Any, what: str) -> str:
-    if not valid_filename(_check_str(value, what)):
-        raise SchemaError(f"{what} must be a plain file name")
-    return value
-
-
-def _check_transfer_id(value: Any, what: str) -> str:
-    text = _check_str(value, what)
-    if len(text) != 32 or text.strip("0123456789abcdef"):
-        raise SchemaError(f"{what} must be 32 lower-case hex digits")
-    return text
-
-
-def _check_int(value: Any, what: str) -> int:
-    # bool is an int subclass in Python but never a number on the wire
-    if type(value) is not int or value < 0:
-        raise SchemaError(f"{what} must be a non-negative integer")
-    return value
-
-
-def _check_port(value: Any, what: str) -> int:
-    if _check_int(value, what) > 65535:
-        raise SchemaError(f"{what} must be a port number")
-    return value
+def _rule(valid: Callable[[str], bool], rule: str) -> Callable[[str], str | None]:
+    return lambda text: None if valid(text) else rule
 
 
 class Port(int):
     """Marker: a UDP or TCP port number."""
 
 
-Checker = Callable[[Any, str], Any]
-_SCALAR_CHECKS: dict[type, Checker] = {
-    str: _check_str,
-    int: _check_int,
-    Name: _check_name,
-    Password: _check_password,
-    Text: _check_text,
-    FileName: _check_filename,
-    TransferId: _check_transfer_id,
-    Port: _check_port,
+# Each scalar kind: the JSON type a value must have (exactly: ``true`` is no integer), and
+# what is wrong with a value of that type, to follow the field's name in an error, or None.
+_SCALARS: dict[type, tuple[type, Callable[[Any], str | None]]] = {
+    str: (str, lambda text: None),
+    int: (int, _int_problem),
+    Port: (int, _port_problem),
+    Name: (str, _rule(valid_name, f" must be 1 to {MAX_NAME} printable characters without spaces")),
+    Password: (str, _rule(valid_password, f" must be 1 to {MAX_PASSWORD} printable characters without spaces")),
+    Text: (str, _text_problem),
+    FileName: (str, _rule(valid_filename, " must be a plain file name")),
+    TransferId: (str, _transfer_id_problem),
 }
+_TYPE_NAMES = {str: "a string", int: "a non-negative integer"}
 
 
 class Code:
@@ -171,19 +144,24 @@ class Code:
 # --- the messages ------------------------------------------------------------------------
 
 class Message:
-    """Base of every message; ``TYPE`` is its ``type`` field on the wire."""
+    """Base of every message; ``TYPE`` is its ``type`` field on the wire.
+
+    Messages are values: nothing changes one after it is made. They are not declared
+    ``frozen`` only because a frozen dataclass takes three times as long to construct, and
+    the relay makes two of them and decodes one per message forwarded.
+    """
 
     TYPE: ClassVar[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
     """Base of structured values nested inside messages."""
 
 
 # client -> server ---------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CheckUser(Message):
     """First login step: is this username one that may log in now?"""
 
@@ -191,7 +169,7 @@ class CheckUser(Message):
     username: Name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Login(Message):
     TYPE: ClassVar[str] = "login"
     username: Name
@@ -199,44 +177,44 @@ class Login(Message):
     udp_port: Port
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MsgTo(Message):
     TYPE: ClassVar[str] = "msgto"
     receivers: list[Name]
     text: Text
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActiveUser(Message):
     TYPE: ClassVar[str] = "activeuser"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreateGroup(Message):
     TYPE: ClassVar[str] = "creategroup"
     group: Name
     members: list[Name]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JoinGroup(Message):
     TYPE: ClassVar[str] = "joingroup"
     group: Name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GroupMsg(Message):
     TYPE: ClassVar[str] = "groupmsg"
     group: Name
     text: Text
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Logout(Message):
     TYPE: ClassVar[str] = "logout"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class P2PVideo(Message):
     """Ask the server to set up a transfer of ``filename`` (``size`` bytes) to ``audience``."""
 
@@ -246,7 +224,7 @@ class P2PVideo(Message):
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GroupVideo(Message):
     """Ask the server to set up a transfer to every other joined, active member."""
 
@@ -258,20 +236,20 @@ class GroupVideo(Message):
 
 # server -> client ---------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UserOk(Message):
     """The username may log in: ask for the password."""
 
     TYPE: ClassVar[str] = "user_ok"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Welcome(Message):
     TYPE: ClassVar[str] = "welcome"
     username: Name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Error(Message):
     """A request failed; ``text`` is the exact line to show, ``code`` says what to do next."""
 
@@ -280,14 +258,14 @@ class Error(Message):
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MsgSent(Message):
     TYPE: ClassVar[str] = "msg_sent"
     receiver: Name
     timestamp: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PrivateMessage(Message):
     TYPE: ClassVar[str] = "message"
     sender: Name
@@ -295,7 +273,7 @@ class PrivateMessage(Message):
     timestamp: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActiveUserEntry(Record):
     username: Name
     ip: str
@@ -303,39 +281,39 @@ class ActiveUserEntry(Record):
     since: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActiveUsers(Message):
     TYPE: ClassVar[str] = "active_users"
     users: list[ActiveUserEntry]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GroupCreated(Message):
     TYPE: ClassVar[str] = "group_created"
     group: Name
     members: list[Name]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GroupInvite(Message):
     TYPE: ClassVar[str] = "group_invite"
     group: Name
     creator: Name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GroupJoined(Message):
     TYPE: ClassVar[str] = "group_joined"
     group: Name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GroupSent(Message):
     TYPE: ClassVar[str] = "group_sent"
     group: Name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GroupMessage(Message):
     TYPE: ClassVar[str] = "group_message"
     group: Name
@@ -344,13 +322,13 @@ class GroupMessage(Message):
     timestamp: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Bye(Message):
     TYPE: ClassVar[str] = "bye"
     username: Name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TransferTarget(Record):
     """Where to send one transfer: the audience's UDP address and the transfer's id."""
 
@@ -360,7 +338,7 @@ class TransferTarget(Record):
     transfer_id: TransferId
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TransferReady(Message):
     """Reply to P2PVideo/GroupVideo: one target per audience member (none for an empty group)."""
 
@@ -369,7 +347,7 @@ class TransferReady(Message):
     targets: list[TransferTarget]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TransferOffer(Message):
     """Push to the audience: a transfer is coming from ``presenter`` at ``ip``:``udp_port``."""
 
@@ -398,110 +376,136 @@ Request = Union[
 
 # --- codec -------------------------------------------------------------------------------
 
-def _checker(annotation: Any) -> Checker:
-    """Build the validator for one field from its type annotation."""
+# Each message class gets its decoder and its encoder built once, from its type hints, at
+# import. Both run for every message the relay forwards, so neither looks at a type, builds a
+# label or walks ``fields()`` per message.
+
+Check = Callable[[Any], Any]
+
+
+def _checker(annotation: Any, label: str) -> Check:
+    """The validator of one field (named ``label`` in errors), from its type annotation."""
     if get_origin(annotation) is list:
         (item,) = get_args(annotation)
-        check_item = _checker(item)
+        check_item = _checker(item, label)
 
         # Lists of names are what a user types (receivers, members) and are capped; lists
         # of records are the server's listings (active users, targets) and are bounded
         # only by the frame size, so 10,000 active users still fit one reply.
         limit = None if issubclass(item, Record) else MAX_LIST
 
-        def check_list(value: Any, what: str) -> list[Any]:
+        def check_list(value: Any) -> list[Any]:
             if not isinstance(value, list):
-                raise SchemaError(f"{what} must be a list")
+                raise SchemaError(f"{label} must be a list")
             if limit is not None and len(value) > limit:
-                raise SchemaError(f"{what} must have at most {limit} items")
-            return [check_item(v, what) for v in value]
+                raise SchemaError(f"{label} must have at most {limit} items")
+            return list(map(check_item, value))
 
         return check_list
     if isinstance(annotation, type) and issubclass(annotation, Record):
-        return _record_checker(annotation)
-    return _SCALAR_CHECKS[annotation]
+        return _object_checker(annotation, label)
+    return _scalar_checker(annotation, label)
 
 
-def _record_checker(cls: type) -> Checker:
-    field_checks = _field_checks(cls)
+def _scalar_checker(annotation: type, label: str) -> Check:
+    kind, problem_of = _SCALARS[annotation]
+    wrong_type = f"{label} must be {_TYPE_NAMES[kind]}"
 
-    def check_record(value: Any, what: str) -> Any:
-        if not isinstance(value, dict):
-            raise SchemaError(f"{what} must be an object")
-        return cls(**_checked_fields(value, field_checks, what))
+    def check_scalar(value: Any) -> Any:
+        if type(value) is not kind:
+            raise SchemaError(wrong_type)
+        problem = problem_of(value)
+        if problem:
+            raise SchemaError(label + problem)
+        return value
 
-    return check_record
+    return check_scalar
 
 
-def _field_checks(cls: type) -> list[tuple[str, Checker]]:
+def _object_checker(cls: type, label: str) -> Check:
+    """The validator of a JSON object holding the fields of ``cls``; returns a ``cls``."""
     hints = get_type_hints(cls)
-    return [(f.name, _checker(hints[f.name])) for f in fields(cls)]
+    names = [f.name for f in fields(cls)]
+    checks = [_checker(hints[name], f"{label}.{name}") for name in names]
+
+    def check_object(obj: Any) -> Any:
+        if not isinstance(obj, dict):
+            raise SchemaError(f"{label} must be an object")
+        try:
+            return cls(*map(call, checks, map(obj.__getitem__, names)))
+        except KeyError as exc:  # only obj.__getitem__ raises it: the checks index nothing
+            raise SchemaError(f"{label}: missing field '{exc.args[0]}'") from None
+
+    return check_object
 
 
-def _checked_fields(obj: dict[str, Any], checks: list[tuple[str, Checker]], what: str) -> dict[str, Any]:
-    out = {}
-    for name, check in checks:
-        if name not in obj:
-            raise SchemaError(f"{what}: missing field '{name}'")
-        out[name] = check(obj[name], f"{what}.{name}")
-    return out
+Encoder = Callable[[Any], str]
+
+
+def _encoder(annotation: Any) -> Encoder:
+    """The JSON text of a value of one field kind, as compact as ``json.dumps`` makes it."""
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        encode_item = _encoder(item)
+        return lambda value: "[" + ",".join(map(encode_item, value)) + "]"
+    if isinstance(annotation, type) and issubclass(annotation, Record):
+        return _object_encoder(annotation)
+    if issubclass(annotation, int):
+        return int.__repr__  # what json.dumps writes for an int
+    return encode_basestring  # json.dumps' own string escaping with ensure_ascii=False
+
+
+def _object_encoder(cls: type, kind: str | None = None) -> Encoder:
+    """Encode a ``cls`` as a JSON object with a ``type`` member ``kind`` first, if given."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    head = [f'"type":{encode_basestring(kind)}'] if kind is not None else []
+    if not names:
+        constant = "{" + ",".join(head) + "}"
+        return lambda value: constant
+    template = "{" + ",".join([m.replace("%", "%%") for m in head] + [f'"{n}":%s' for n in names]) + "}"
+    converters = [_encoder(hints[name]) for name in names]
+    get = attrgetter(*names) if len(names) > 1 else lambda value: (getattr(value, names[0]),)
+    return lambda value: template % tuple(map(call, converters, get(value)))
+
+
+_DECODER = json.JSONDecoder()
+_JSON_SPACE = " \t\n\r"  # the white space JSON allows around a value
 
 
 class Codec:
     """Encodes messages and decodes payloads of one direction's message set."""
 
     def __init__(self, accepted: tuple[type[Message], ...]) -> None:
-        self._by_type = {cls.TYPE: (cls, _field_checks(cls)) for cls in accepted}
+        self._by_type = {cls.TYPE: _object_checker(cls, cls.TYPE) for cls in accepted}
 
     def decode(self, payload: bytes) -> Message:
         """Parse and validate one payload; SchemaError says why it is not a message."""
         try:
             # decode strictly first: json.loads(bytes) would also take UTF-16/32 and a BOM,
-            # and let encoded surrogates through ("surrogatepass")
-            obj = json.loads(payload.decode("utf-8"))
+            # and let encoded surrogates through ("surrogatepass"). raw_decode is json.loads
+            # without its two regular-expression scans for white space, half its cost here.
+            text = payload.decode("utf-8").strip(_JSON_SPACE)
+            obj, end = _DECODER.raw_decode(text)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise SchemaError("payload is not UTF-8 JSON") from exc
+        if end != len(text):
+            raise SchemaError("payload is not UTF-8 JSON: extra data after the value")
         if not isinstance(obj, dict):
             raise SchemaError("payload must be a JSON object")
         kind = obj.get("type")
-        entry = self._by_type.get(kind) if isinstance(kind, str) else None
-        if entry is None:
+        check = self._by_type.get(kind) if isinstance(kind, str) else None
+        if check is None:
             raise SchemaError(f"unknown message type {kind!r}"[:200])
-        cls, checks = entry
-        return cls(**_checked_fields(obj, checks, cls.TYPE))
+        return check(obj)
 
 
-def to_json(message: Message) -> dict[str, Any]:
-    """The JSON object of ``message`` (records nested as objects)."""
-    obj: dict[str, Any] = {"type": message.TYPE}
-    obj.update(_plain(message))
-    return obj
-
-
-# Field names per class, looked up once: dataclasses.fields() per message showed up in the
-# relay's profile.
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (Message, Record)):
-        cls = type(value)
-        names = _FIELD_NAMES.get(cls)
-        if names is None:
-            names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(value))
-        return {name: _plain(getattr(value, name)) for name in names}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-# One encoder for every message: json.dumps() with options builds a new one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_ENCODERS: dict[type, Encoder] = {cls: _object_encoder(cls, cls.TYPE) for cls in (*REQUESTS, *REPLIES)}
 
 
 def encode(message: Message) -> bytes:
-    """The payload of ``message``; non-ASCII text is sent as UTF-8, not escaped."""
-    return _ENCODER.encode(to_json(message)).encode()
+    """The payload of ``message``: compact JSON, non-ASCII text as UTF-8, not escaped."""
+    return _ENCODERS[type(message)](message).encode()
 
 
 requests = Codec(REQUESTS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any, get_args, get_origin, get_type_hints
 
 import pytest
@@ -100,6 +100,26 @@ def test_round_trip_of_every_message_type(cls: type, data: st.DataObject) -> Non
     assert type(decoded) is cls
     assert decoded == message
     assert encode(decoded) == payload
+
+
+@SETTINGS
+@given(any_message)
+def test_encoding_is_exactly_compact_json_dumps(message: Message) -> None:
+    """The compiled encoders write what json.dumps writes, byte for byte."""
+    reference = {"type": message.TYPE, **asdict(message)}
+    assert encode(message) == json.dumps(reference, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("padding", [b" ", b"\n", b"\r\n\t "])
+def test_json_white_space_around_the_object_is_allowed(padding: bytes) -> None:
+    payload = encode(m.MsgTo(["Yoda"], "hi"))
+    assert requests.decode(padding + payload + padding) == m.MsgTo(["Yoda"], "hi")
+
+
+@pytest.mark.parametrize("payload", [b'{"type":"logout"} x', b'{"type":"logout"}{}', b"\x0c{\"type\":\"logout\"}"])
+def test_anything_but_white_space_around_the_object_is_refused(payload: bytes) -> None:
+    with pytest.raises(SchemaError, match="not UTF-8 JSON"):
+        requests.decode(payload)
 
 
 @SETTINGS
@@ -241,7 +261,7 @@ def test_records_inside_lists_are_checked_too(message: Message, field_name: str,
     decoded = replies.decode(dumps({**base, field_name: [good, good]}))
     records = getattr(decoded, field_name)
     assert all(isinstance(r, Record) for r in records)
-    assert m.to_json(decoded)[field_name] == [good, good]
+    assert json.loads(encode(decoded))[field_name] == [good, good]
     for key in good:
         specific = {"username": ["a b", "x" * 100, ""], "audience": ["a b", ""], "udp_port": [70000, "5"],
                     "transfer_id": ["A" * 32, "0" * 31]}
