@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 import traceback
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NoReturn, TextIO
@@ -79,7 +79,7 @@ class Logs:
         self.directory = directory
         self.fsync = fsync
         self._files: dict[str, TextIO] = {}  # open logs, least recently written first
-        self._pending: dict[str, list[str]] = {}
+        self._pending: defaultdict[str, list[str]] = defaultdict(list)
 
     def recover(self) -> dict[str, int]:
         """Cut torn last lines left by a crash; return each log's last message number."""
@@ -98,13 +98,13 @@ class Logs:
         return history
 
     def append(self, log: str, line: str) -> None:
-        self._pending.setdefault(log, []).append(line)
+        self._pending[log].append(line)
 
     def flush(self) -> None:
         """Write the turn's lines, one write per file, before any reply leaves."""
         # taken before writing: a flush cut short (a signal, a full disk) is never repeated
         # by the flush at shutdown, which would write its lines twice
-        pending, self._pending = self._pending, {}
+        pending, self._pending = self._pending, defaultdict(list)
         for log, lines in pending.items():
             f = self._open(log)
             f.write("".join(lines))
@@ -267,24 +267,19 @@ class Server:
             if payload is None:
                 del self._backlog[conn]  # all handled: read it again
                 break
-            replies = self._request(conn, payload, now)
+            try:
+                replies = self.chat.handle(conn.conn_id, requests.decode(payload), now)
+            except SchemaError as exc:
+                replies = self._reject(conn, f"Error. Bad request: {exc}.")
+            except Exception:  # a bug must cost one connection, never the server
+                traceback.print_exc()
+                replies = self._reject(conn, "Error. Internal server error.")
             effects += replies
-            if any(isinstance(e, Close) for e in replies):
+            if Close in map(type, replies):
                 break  # whatever it sent after its own end is ignored
             if conn.decoder.max_frame < self.limits.max_frame and self.chat.sessions[conn.conn_id].username:
                 conn.decoder.max_frame = self.limits.max_frame
         return effects
-
-    def _request(self, conn: Connection, payload: bytes, now: float) -> list[Effect]:
-        try:
-            request = requests.decode(payload)
-        except SchemaError as exc:
-            return self._reject(conn, f"Error. Bad request: {exc}.")
-        try:
-            return self.chat.handle(conn.conn_id, request, now)
-        except Exception:  # a bug must cost one connection, never the server
-            traceback.print_exc()
-            return self._reject(conn, "Error. Internal server error.")
 
     def _reject(self, conn: Connection, text: str) -> list[Effect]:
         return [Send((conn.conn_id,), Error(Code.PROTOCOL, text)), Close(conn.conn_id)]
@@ -304,22 +299,23 @@ class Server:
     def _apply(self, effects: list[Effect], now: float) -> None:
         closes: list[int] = []
         for effect in effects:
-            if isinstance(effect, Append):
+            if type(effect) is Append:
                 self.logs.append(effect.log, effect.line)
         self.logs.flush()  # every message is in its log before its acknowledgement is queued
         for effect in effects:
-            if isinstance(effect, Send):
+            kind = type(effect)  # effects are final classes; type() is the cheap dispatch
+            if kind is Send:
                 self._queue(effect.conns, effect.message)
-            elif isinstance(effect, Announce):
+            elif kind is Announce:
                 self._lines.append(effect.line)
-            elif isinstance(effect, Close):
+            elif kind is Close:
                 closes.append(effect.conn)
         for conn_id in closes:
             conn = self.connections.get(conn_id)
             if conn is not None:
                 conn.closing = True  # no more reading: its next bytes would come after its end
                 self._backlog.pop(conn, None)
-                self._mark(conn)
+                self._dirty.append(conn)
         self._flush_output(now)
         if self.chat.presence_version != self.userlog_version:
             self.userlog_version = self.chat.presence_version
@@ -334,10 +330,7 @@ class Server:
             conn = self.connections.get(conn_id)
             if conn is not None and not conn.closing:
                 conn.out += data
-                self._mark(conn)
-
-    def _mark(self, conn: Connection) -> None:
-        self._dirty.append(conn)
+                self._dirty.append(conn)
 
     def _flush_output(self, now: float) -> None:
         """Write what this turn queued; close finished and overflowing connections."""
@@ -372,7 +365,7 @@ class Server:
                 sent = 0
             del conn.out[:sent]
         if conn.closing and not conn.out:
-            self._mark(conn)  # finished: dropped by _flush_output
+            self._dirty.append(conn)  # finished: dropped by _flush_output
             return
         events = (0 if conn.closing else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.out else 0)
         if events != conn.events:

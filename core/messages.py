@@ -27,22 +27,16 @@ class SchemaError(Exception):
 
 # --- field kinds -------------------------------------------------------------------------
 
-def is_printable_line(text: str) -> bool:
-    """True for text with no control characters (so no line breaks, no escape sequences).
-
-    ``str.isprintable`` also rejects separators like U+2028 that terminals and editors
-    treat as line breaks, which is exactly what a log line must never contain.
-    """
-    return text.isprintable()
-
-
 def valid_text(text: str) -> str | None:
     """Why ``text`` cannot be a chat message, or None when it can."""
     if not text.strip():
         return "message is empty"
     if len(text) > MAX_TEXT:
         return f"message is longer than {MAX_TEXT} characters"
-    if not is_printable_line(text):
+    # isprintable() refuses every control character (so no line breaks, no escape sequences)
+    # and also separators like U+2028 that terminals and editors treat as line breaks: what
+    # a log line must never contain
+    if not text.isprintable():
         return "message contains control characters"
     return None
 
@@ -90,42 +84,33 @@ class TransferId(str):
     """Marker: 32 lower-case hex digits (16 random bytes)."""
 
 
-def _text_problem(text: str) -> str | None:
-    problem = valid_text(text)
-    return f": {problem}" if problem else None
+def _valid_transfer_id(text: str) -> bool:
+    return len(text) == 32 and not text.strip("0123456789abcdef")
 
 
-def _transfer_id_problem(text: str) -> str | None:
-    return " must be 32 lower-case hex digits" if len(text) != 32 or text.strip("0123456789abcdef") else None
+def _port_reason(number: int) -> str:
+    return " must be a non-negative integer" if number < 0 else " must be a port number"
 
 
-def _int_problem(number: int) -> str | None:
-    return " must be a non-negative integer" if number < 0 else None
-
-
-def _port_problem(number: int) -> str | None:
-    return _int_problem(number) or (" must be a port number" if number > 65535 else None)
-
-
-def _rule(valid: Callable[[str], bool], rule: str) -> Callable[[str], str | None]:
-    return lambda text: None if valid(text) else rule
+def _reason(text: str) -> Callable[[Any], str]:
+    return lambda value: text
 
 
 class Port(int):
     """Marker: a UDP or TCP port number."""
 
 
-# Each scalar kind: the JSON type a value must have (exactly: ``true`` is no integer), and
-# what is wrong with a value of that type, to follow the field's name in an error, or None.
-_SCALARS: dict[type, tuple[type, Callable[[Any], str | None]]] = {
-    str: (str, lambda text: None),
-    int: (int, _int_problem),
-    Port: (int, _port_problem),
-    Name: (str, _rule(valid_name, f" must be 1 to {MAX_NAME} printable characters without spaces")),
-    Password: (str, _rule(valid_password, f" must be 1 to {MAX_PASSWORD} printable characters without spaces")),
-    Text: (str, _text_problem),
-    FileName: (str, _rule(valid_filename, " must be a plain file name")),
-    TransferId: (str, _transfer_id_problem),
+# Each scalar kind: the JSON type a value must have (exactly: ``true`` is no integer), whether
+# a value of that type is valid, and, only for one that is not, why (after the field's name).
+_SCALARS: dict[type, tuple[type, Callable[[Any], bool], Callable[[Any], str]]] = {
+    str: (str, lambda text: True, _reason("")),
+    int: (int, (0).__le__, _reason(" must be a non-negative integer")),
+    Port: (int, lambda number: 0 <= number <= 65535, _port_reason),
+    Name: (str, valid_name, _reason(f" must be 1 to {MAX_NAME} printable characters without spaces")),
+    Password: (str, valid_password, _reason(f" must be 1 to {MAX_PASSWORD} printable characters without spaces")),
+    Text: (str, lambda text: valid_text(text) is None, lambda text: f": {valid_text(text)}"),
+    FileName: (str, valid_filename, _reason(" must be a plain file name")),
+    TransferId: (str, _valid_transfer_id, _reason(" must be 32 lower-case hex digits")),
 }
 _TYPE_NAMES = {str: "a string", int: "a non-negative integer"}
 
@@ -408,16 +393,13 @@ def _checker(annotation: Any, label: str) -> Check:
 
 
 def _scalar_checker(annotation: type, label: str) -> Check:
-    kind, problem_of = _SCALARS[annotation]
+    kind, valid, reason = _SCALARS[annotation]
     wrong_type = f"{label} must be {_TYPE_NAMES[kind]}"
 
     def check_scalar(value: Any) -> Any:
-        if type(value) is not kind:
-            raise SchemaError(wrong_type)
-        problem = problem_of(value)
-        if problem:
-            raise SchemaError(label + problem)
-        return value
+        if type(value) is kind and valid(value):
+            return value
+        raise SchemaError(label + reason(value) if type(value) is kind else wrong_type)
 
     return check_scalar
 
@@ -466,6 +448,8 @@ def _object_encoder(cls: type, kind: str | None = None) -> Encoder:
     template = "{" + ",".join([m.replace("%", "%%") for m in head] + [f'"{n}":%s' for n in names]) + "}"
     converters = [_encoder(hints[name]) for name in names]
     get = attrgetter(*names) if len(names) > 1 else lambda value: (getattr(value, names[0]),)
+    if all(c is encode_basestring for c in converters):  # the relay's messages: strings only
+        return lambda value: template % tuple(map(encode_basestring, get(value)))
     return lambda value: template % tuple(map(call, converters, get(value)))
 
 
