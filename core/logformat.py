@@ -48,7 +48,12 @@ def message_line(number: int, timestamp: str, name: str, text: str) -> str:
 
 
 def userlog_line(seq: int, timestamp: str, username: str, ip: str, udp_port: int) -> str:
-    return f"{seq}; {timestamp}; {username}; {ip}; {udp_port}\n"
+    return f"{seq}{userlog_entry(timestamp, username, ip, udp_port)}"
+
+
+def userlog_entry(timestamp: str, username: str, ip: str, udp_port: int) -> str:
+    """A userlog line without its SEQ, which changes whenever an earlier user leaves."""
+    return f"; {timestamp}; {username}; {ip}; {udp_port}\n"
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ class Session:
     username: str | None = None
     udp_port: int = 0
     since: str = ""
+    userlog_entry: str = ""  # its userlog.txt line but for the SEQ
 
 
 @dataclass(slots=True)
@@ -127,6 +128,9 @@ class Chat:
         self.groups: dict[str, Group] = {}
         self.clock = logformat.Clock()
         self.presence_version = 0  # bumps whenever ``active`` changes
+        # userlog.txt as it stands, or None after a logout renumbered it: logins only append
+        # (cheap even with 10,000 users), a logout rebuilds it once from the stored entries
+        self._userlog: str | None = ""
 
     # --- connections ---------------------------------------------------------------------
 
@@ -140,6 +144,7 @@ class Chat:
             return []
         del self.active[session.username]
         self.presence_version += 1
+        self._userlog = None
         return [Announce(f"{session.username} logout")]
 
     def handle(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
@@ -198,8 +203,11 @@ class Chat:
         session.username = username
         session.udp_port = request.udp_port
         session.since = timestamp
+        session.userlog_entry = logformat.userlog_entry(timestamp, username, session.ip, request.udp_port)
         self.active[username] = session
         self.presence_version += 1
+        if self._userlog is not None:
+            self._userlog += f"{len(self.active)}{session.userlog_entry}"
         return [
             Send((session.conn,), Welcome(username)),
             Announce(f"{username} login from {session.ip} (UDP port {request.udp_port}) at {timestamp}."),
@@ -363,10 +371,11 @@ class Chat:
 
     def userlog(self) -> str:
         """The whole of ``userlog.txt`` for the users active now."""
-        return "".join(
-            logformat.userlog_line(seq, s.since, s.username, s.ip, s.udp_port)
-            for seq, s in enumerate(self.active.values(), start=1)
-        )
+        if self._userlog is None:
+            self._userlog = "".join(
+                [f"{seq}{s.userlog_entry}" for seq, s in enumerate(self.active.values(), start=1)]
+            )
+        return self._userlog
 
     def address_of(self, username: str) -> tuple[str, int] | None:
         """The (IP, UDP port) of an active user, for a peer-to-peer transfer."""

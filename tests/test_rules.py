@@ -261,6 +261,18 @@ def test_userlog_renumbers_when_a_user_leaves(h: Harness) -> None:
     assert h.chat.address_of("Yoda") is None
 
 
+def test_userlog_is_right_whenever_it_is_asked_for(h: Harness) -> None:
+    """Logins append to the kept text and logouts renumber it, with or without a look between."""
+    h.login("Yoda", port=1)
+    h.login("Hans", port=2)
+    h.chat.disconnect(h.conns["Yoda"], h.now)
+    h.login("Leia", port=3)  # no userlog() since the logout
+    h.login("Yoda", port=4)
+    assert h.chat.userlog() == f"1; {ts(T0)}; Hans; 127.0.0.1; 2\n2; {ts(T0)}; Leia; 127.0.0.1; 3\n3; {ts(T0)}; Yoda; 127.0.0.1; 4\n"
+    h.login("Luke", port=5)
+    assert h.chat.userlog().splitlines()[-1] == f"4; {ts(T0)}; Luke; 127.0.0.1; 5"
+
+
 def test_creategroup_errors_and_nothing_created(h: Harness) -> None:
     yoda = h.login("Yoda")
     hans = h.login("Hans")
