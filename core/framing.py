@@ -16,7 +16,15 @@ DEFAULT_MAX_FRAME = 64 * 1024
 
 
 class FrameError(Exception):
-    """The peer sent bytes that cannot be framed (a protocol error on the remote side)."""
+    """The peer sent bytes that cannot be framed (a protocol error on the remote side).
+
+    ``frames`` holds the whole frames that ``feed`` decoded before the bad header: they were
+    sent before the stream broke, so they are the peer's to have handled.
+    """
+
+    def __init__(self, reason: str, frames: list[bytes] | None = None) -> None:
+        super().__init__(reason)
+        self.frames = frames or []
 
 
 def encode(payload: bytes) -> bytes:
@@ -35,13 +43,17 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data`` and return every frame now complete.
 
-        Raises FrameError once a header announces more than ``max_frame`` bytes; the
-        decoder is unusable afterwards, since the stream has lost its framing.
+        Raises FrameError once a header announces more than ``max_frame`` bytes, carrying the
+        frames complete before it; the decoder is unusable afterwards, since the stream has
+        lost its framing.
         """
         self.append(data)
         frames: list[bytes] = []
-        while (payload := self.next_frame()) is not None:
-            frames.append(payload)
+        try:
+            while (payload := self.next_frame()) is not None:
+                frames.append(payload)
+        except FrameError as exc:
+            raise FrameError(str(exc), frames) from None
         return frames
 
     def append(self, data: bytes) -> None:

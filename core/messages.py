@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
-from operator import attrgetter, call
+from operator import attrgetter
 from typing import Any, Callable, ClassVar, Union, get_args, get_origin, get_type_hints
 
 MAX_TEXT = 1000
@@ -407,15 +407,14 @@ def _scalar_checker(annotation: type, label: str) -> Check:
 def _object_checker(cls: type, label: str) -> Check:
     """The validator of a JSON object holding the fields of ``cls``; returns a ``cls``."""
     hints = get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    checks = [_checker(hints[name], f"{label}.{name}") for name in names]
+    plan = [(f.name, _checker(hints[f.name], f"{label}.{f.name}")) for f in fields(cls)]
 
     def check_object(obj: Any) -> Any:
         if not isinstance(obj, dict):
             raise SchemaError(f"{label} must be an object")
         try:
-            return cls(*map(call, checks, map(obj.__getitem__, names)))
-        except KeyError as exc:  # only obj.__getitem__ raises it: the checks index nothing
+            return cls(*[check(obj[name]) for name, check in plan])
+        except KeyError as exc:  # only obj[name] raises it: the checks index nothing
             raise SchemaError(f"{label}: missing field '{exc.args[0]}'") from None
 
     return check_object
@@ -450,7 +449,7 @@ def _object_encoder(cls: type, kind: str | None = None) -> Encoder:
     get = attrgetter(*names) if len(names) > 1 else lambda value: (getattr(value, names[0]),)
     if all(c is encode_basestring for c in converters):  # the relay's messages: strings only
         return lambda value: template % tuple(map(encode_basestring, get(value)))
-    return lambda value: template % tuple(map(call, converters, get(value)))
+    return lambda value: template % tuple([convert(v) for convert, v in zip(converters, get(value))])
 
 
 _DECODER = json.JSONDecoder()

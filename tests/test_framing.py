@@ -143,6 +143,15 @@ def test_over_long_header_is_rejected_as_soon_as_the_header_arrives(
 
 
 @SETTINGS
+@given(payloads, st.integers(min_value=DEFAULT_MAX_FRAME + 1, max_value=2**32 - 1))
+def test_frames_fed_with_a_bad_header_travel_on_the_error(items: list[bytes], length: int) -> None:
+    """One feed holding good frames and then a bad header loses none of the good ones."""
+    with pytest.raises(FrameError) as refused:
+        FrameDecoder().feed(b"".join(encode(p) for p in items) + struct.pack("!I", length))
+    assert refused.value.frames == items
+
+
+@SETTINGS
 @given(st.integers(min_value=DEFAULT_MAX_FRAME + 1, max_value=2**32 - 1), st.integers(min_value=0, max_value=3))
 def test_over_long_header_in_one_piece_with_a_little_body(length: int, body: int) -> None:
     decoder = FrameDecoder()
