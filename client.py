@@ -28,6 +28,7 @@ import selectors
 import signal
 import socket
 import stat
+import struct
 import sys
 import time
 import unicodedata
@@ -45,13 +46,13 @@ from core.render import printable
 from core.transfer import MIN_DATAGRAM_SIZE
 from core.transfer_wire import MAX_DATAGRAM as MAX_UDP_PAYLOAD
 from core.transfers import DEFAULT_MAX_RECEIVE_SIZE, TransferEngine
+from core.udp_batching import NO_GSO, READ_SIZE, SOL_UDP, UDP_GRO, UDP_SEGMENT, gro_segment_size, gso_run_end
 
 CONNECT_TIMEOUT = 10.0
 READ_CHUNK = 64 * 1024
 MAX_REPLY_FRAME = 16 * 1024 * 1024  # an /activeuser list of thousands of users is one frame
 DATAGRAMS_PER_TURN = 512  # a datagram flood cannot starve the terminal or the server connection
 BYTES_PER_TURN = 4 * 1024 * 1024  # nor hold more than this in memory before it is written
-MAX_DATAGRAM = 65535
 SOCKET_BUFFER = 4 * 1024 * 1024  # asked for SO_RCVBUF/SO_SNDBUF; Linux doubles it, capped by [rw]mem_max
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -325,7 +326,7 @@ class Client:
         self.transfers = transfers
         self.decoder = FrameDecoder(MAX_REPLY_FRAME)
         self.out = bytearray()  # frames the server has not taken yet
-        self.datagrams: deque[tuple[bytes, Address]] = deque()  # datagrams the socket refused
+        self.port = DatagramPort(udp)  # the transfers' datagrams, both ways
         self._loss = simulate_loss
         self._lose = random.Random().random
         self.exit_code: int | None = None
@@ -449,67 +450,53 @@ class Client:
     # --- UDP -----------------------------------------------------------------------------
 
     def _on_udp(self, mask: int) -> None:
-        """Drain the socket (a bounded number of datagrams and bytes per turn), each to the
-        engine at once so that its answer (an ACK) leaves at once; file writes wait for the
-        tick, which comes before the next read.
+        """Drain the socket (a bounded number of datagrams and bytes per turn), each datagram
+        to the engine at once so that its answer (an ACK) leaves at once; file writes wait
+        for the tick, which comes before the next read.
 
-        ``recvfrom`` rather than ``recv_into`` a reused buffer: the engine keeps views into
-        each datagram until its bytes are written, so each must be an object of its own,
-        and copying out of a shared buffer measured slower than letting recvfrom allocate."""
+        The port hands over each datagram as an object of its own (``recvfrom``, or a slice
+        of a coalesced read), not a view of a reused buffer: the engine keeps views into
+        each datagram until its bytes are written."""
         if mask & selectors.EVENT_WRITE:
             self._flush_datagrams()
         if not mask & selectors.EVENT_READ:
             return
-        recvfrom = self.udp.recvfrom
+        receive = self.port.receive
         datagram = self.transfers.datagram
         monotonic = time.monotonic
+        left = DATAGRAMS_PER_TURN
         budget = BYTES_PER_TURN
-        for _ in range(DATAGRAMS_PER_TURN):
+        while left > 0 and budget > 0:
             try:
-                data, address = recvfrom(MAX_DATAGRAM)
+                batch, address = receive()
             except BlockingIOError:
                 return
             except OSError:  # e.g. an ICMP "port unreachable" for something sent earlier
+                left -= 1
                 continue
-            now = monotonic()
-            effects = datagram(data, address, now)
-            if effects:
-                self._apply(effects, now)
-                if self.exit_code is not None:
-                    return
-            budget -= len(data)
-            if budget <= 0:
-                return
+            now = monotonic()  # one read: the datagrams arrived together
+            for data in batch:
+                effects = datagram(data, address, now)
+                if effects:
+                    self._apply(effects, now)
+                    if self.exit_code is not None:
+                        return
+                budget -= len(data)
+            left -= len(batch)
 
     def _send_datagrams(self, datagrams: Sequence[bytes], address: Address) -> None:
-        """Send in order until the socket refuses; the rest waits for writability."""
+        """Send in order; what the socket refuses waits for writability."""
         if self._loss:  # --simulate-loss: a lossy network, for tests and benchmarks
             datagrams = [data for data in datagrams if self._lose() >= self._loss]
-        if self.datagrams:  # behind what is already waiting
-            self.datagrams.extend((data, address) for data in datagrams)
-            return
-        sendto = self.udp.sendto
-        for position, data in enumerate(datagrams):
-            try:
-                sendto(data, address)
-            except BlockingIOError:
-                self.datagrams.extend((data, address) for data in datagrams[position:])
-                self._flush_datagrams()  # registers for writability
-                return
-            except OSError:
-                pass  # a datagram that cannot go is a lost datagram: the engine retransmits
+        self.port.send(datagrams, address)
+        self._watch_writable()
 
     def _flush_datagrams(self) -> None:
-        while self.datagrams:
-            data, address = self.datagrams[0]
-            try:
-                self.udp.sendto(data, address)
-            except BlockingIOError:
-                break
-            except OSError:
-                pass  # a datagram that cannot go is a lost datagram: the engine retransmits
-            self.datagrams.popleft()
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.datagrams else 0)
+        self.port.flush()
+        self._watch_writable()
+
+    def _watch_writable(self) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.port.waiting else 0)
         if self.selector.get_key(self.udp).events != events:
             self.selector.modify(self.udp, events, self._on_udp)
 
@@ -567,6 +554,116 @@ class Client:
         self.console.close()
 
 
+# --- the UDP socket ----------------------------------------------------------------------
+
+# the socket options' values: UDP_SEGMENT a u16 in host order, UDP_GRO an int
+_SEGMENT = struct.Struct("=H")  # UDP_SEGMENT's value: a u16 in host order
+_GRO_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0  # UDP_GRO's value: an int
+
+
+class DatagramPort:
+    """A non-blocking UDP socket as the transfers use it, in both directions.
+
+    ``send`` sends datagrams in order; whatever the socket refuses (its buffer full) waits,
+    in order, until ``flush`` on writability: while ``waiting``, the shell watches for it.
+    A datagram that cannot go for any other reason is lost, as on a network: the protocol
+    resends. ``receive`` returns the datagrams of one read.
+
+    At small datagrams a system call per datagram is much of a transfer's CPU (measured
+    here at 1,400 bytes: 2.5 us per ``recvfrom``, 3.4 per ``sendto``, against about 4 us of
+    the protocol's own work per datagram on each side), so on Linux a run of equal-sized
+    datagrams goes out in one ``sendmsg`` (UDP GSO) and comes in as one read (UDP GRO): 46
+    datagrams of 1,400 bytes per call. The datagrams on the wire are the same. Where the
+    kernel cannot segment (``NO_GSO``), the port falls back to one call per datagram for
+    good. ``offload=False`` never batches (for comparisons).
+    """
+
+    def __init__(self, sock: socket.socket, *, offload: bool = True) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._backlog: deque[tuple[bytes, Address]] = deque()
+        linux = sys.platform.startswith("linux")
+        self._gso = offload and linux
+        self._gro = offload and linux and _enable_gro(sock)
+
+    @property
+    def waiting(self) -> bool:
+        """Datagrams the socket refused are waiting: call ``flush`` when it is writable."""
+        return bool(self._backlog)
+
+    def send(self, datagrams: Sequence[bytes], address: Address) -> None:
+        """Send ``datagrams`` to ``address`` in order, after anything still waiting."""
+        if not self._backlog:
+            sent = self._send_runs(datagrams, address)
+            if sent == len(datagrams):
+                return
+            datagrams = datagrams[sent:]
+        self._backlog.extend((datagram, address) for datagram in datagrams)
+
+    def flush(self) -> None:
+        """Send what is waiting, in order, until the socket refuses again."""
+        backlog = self._backlog
+        sendto = self.sock.sendto
+        while backlog:
+            datagram, address = backlog[0]
+            try:
+                sendto(datagram, address)
+            except BlockingIOError:
+                return
+            except OSError:
+                pass  # lost, as on a network: the protocol resends
+            backlog.popleft()
+
+    def receive(self) -> tuple[list[bytes], Address]:
+        """The datagrams of one read and who sent them: one datagram, or a run the kernel
+        coalesced, cut back into its datagrams. Raises ``BlockingIOError`` when there is
+        nothing to read, and other ``OSError`` as ``recvfrom`` does (an ICMP error)."""
+        if not self._gro:
+            datagram, address = self.sock.recvfrom(READ_SIZE)
+            return [datagram], address
+        data, ancillary, _flags, address = self.sock.recvmsg(READ_SIZE, _GRO_SPACE)
+        segment = gro_segment_size(ancillary) if ancillary else 0
+        if segment and len(data) > segment:
+            return [data[start:start + segment] for start in range(0, len(data), segment)], address
+        return [data], address
+
+    def _send_runs(self, datagrams: Sequence[bytes], address: Address) -> int:
+        """Send from the first datagram on until the socket refuses; how many are done with
+        (sent or lost)."""
+        sendto = self.sock.sendto
+        count = len(datagrams)
+        position = 0
+        while position < count:
+            end = gso_run_end(datagrams, position) if self._gso else position + 1
+            try:
+                if end - position == 1:
+                    sendto(datagrams[position], address)
+                else:
+                    self._send_run(datagrams[position:end], address)
+            except BlockingIOError:
+                return position  # nothing of this run went
+            except OSError as exc:
+                if end - position > 1 and exc.errno in NO_GSO:
+                    self._gso = False
+                    continue  # this run again, a datagram at a time
+                # otherwise lost, as on a network: the protocol resends
+            position = end
+        return count
+
+    def _send_run(self, run: Sequence[bytes], address: Address) -> None:
+        """One sendmsg for the whole run; the kernel cuts it at the first datagram's size."""
+        segment = [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(len(run[0])))]
+        self.sock.sendmsg(run, segment, 0, address)
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
 # --- files -------------------------------------------------------------------------------
 
 class DiskSource:
@@ -600,19 +697,24 @@ class DiskSink:
         self.fd = os.open(path, flags, 0o666)
 
     def write(self, chunks: list[memoryview]) -> None:
-        start = 0
-        while start < len(chunks):
-            written = os.writev(self.fd, chunks[start:start + IOV_MAX])
-            while written:  # a short write leaves the rest of the pieces for the next round
-                head = chunks[start]
-                if written < len(head):
-                    chunks[start] = head[written:]
-                    break
-                written -= len(head)
-                start += 1
+        write_chunks(self.fd, chunks)
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def write_chunks(fd: int, chunks: list[memoryview]) -> None:
+    """Write the pieces of a Data event straight from the datagrams, a writev at a time."""
+    start = 0
+    while start < len(chunks):
+        written = os.writev(fd, chunks[start:start + IOV_MAX])
+        while written:  # a short write leaves the rest of the pieces for the next round
+            head = chunks[start]
+            if written < len(head):
+                chunks[start] = head[written:]
+                break
+            written -= len(head)
+            start += 1
 
 
 class DiskStorage:

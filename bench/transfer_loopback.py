@@ -1,6 +1,6 @@
 """The UDP file transfer over real loopback sockets, beside a raw UDP blast ceiling (SPEC 8).
 
-    python3 bench/transfer_loopback.py [--quick] [--mib N] [--repeat N] [--json PATH]
+    python3 bench/transfer_loopback.py [--quick] [--mib N] [--repeat N] [--json PATH] [--no-offload]
 
 Two processes, each running ``TransferLoop`` -- the select loop the client copies: one
 non-blocking UDP socket, any number of transfers in both directions routed by transfer id,
@@ -10,6 +10,11 @@ a random file from one temporary directory to another and checks the copy byte f
 with the default datagram size for loopback, with 1,400-byte datagrams, and with 10% of
 DATA datagrams dropped before ``sendto``. The server's part (issuing the transfer id,
 telling each side the other's address) is played by the parent over pipes.
+
+What the client does at the edges is the client's own code, not a copy: datagrams go
+through ``client.DatagramPort`` (batched by the kernel: UDP GSO/GRO;
+``--no-offload`` sends and reads one per system call), files are written by
+``client.write_chunks``, and each process keeps freed memory as ``client.py`` does.
 
 Each side's CPU seconds are printed too: sender and receiver each need a core, so on a
 machine where other work holds a core the rate falls towards size / (sum of both).
@@ -29,7 +34,6 @@ import socket
 import sys
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from multiprocessing.connection import Connection
@@ -38,6 +42,7 @@ from typing import Any, Sequence, Union
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from client import DatagramPort, keep_freed_memory, write_chunks
 from core.transfer import (
     Completed,
     Data,
@@ -48,14 +53,13 @@ from core.transfer import (
     datagram_size_for,
     peek_transfer_id,
 )
-from core.transfer_wire import DATA_HEADER_SIZE, MAX_DATAGRAM, Kind
+from core.transfer_wire import DATA_HEADER_SIZE, Kind
 
 _DATA = int(Kind.DATA)
 
 SOCKET_BUFFER = 4 * 1024 * 1024  # asked for; Linux doubles it, capped by net.core.[rw]mem_max
-MAX_READS_PER_TURN = 512  # bounded work per readiness, so stdin and TCP get their turn too
+MAX_DATAGRAMS_PER_TURN = 512  # bounded work per readiness, so stdin and TCP get their turn too
 READ_BLOCK = 1 << 20  # file bytes read, hashed and sent at a time
-IOV_MAX = os.sysconf("SC_IOV_MAX")  # pieces one writev takes
 
 Endpoint = Union[Sender, Receiver]
 
@@ -76,14 +80,13 @@ class Transfer:
 class TransferLoop:
     """One UDP socket serving every transfer of a client, in both directions."""
 
-    def __init__(self, sock: socket.socket, *, data_loss: float = 0.0) -> None:
-        sock.setblocking(False)
+    def __init__(self, sock: socket.socket, *, data_loss: float = 0.0, offload: bool = True) -> None:
         self.sock = sock
+        self.port = DatagramPort(sock, offload=offload)
         self.selector = selectors.DefaultSelector()
         self.selector.register(sock, selectors.EVENT_READ)
         self.transfers: dict[bytes, Transfer] = {}
         self.finished: list[Transfer] = []
-        self.backlog: deque[tuple[bytes, tuple[str, int]]] = deque()  # what sendto refused
         # Files are read into this one buffer: feed() copies what it keeps, and a fresh
         # megabyte per read would cost page faults (dear in a virtual machine).
         self._block = memoryview(bytearray(READ_BLOCK))
@@ -112,28 +115,33 @@ class TransferLoop:
                 if mask & selectors.EVENT_WRITE:
                     self._flush()
                 if mask & selectors.EVENT_READ:
-                    self._read(time.monotonic())
+                    self._read()
             now = time.monotonic()
             for transfer in list(self.transfers.values()):
                 self._service(transfer, now)
 
-    def _read(self, now: float) -> None:
-        recvfrom = self.sock.recvfrom
+    def _read(self) -> None:
+        receive = self.port.receive
         transfers = self.transfers
-        for _ in range(MAX_READS_PER_TURN):
+        left = MAX_DATAGRAMS_PER_TURN
+        while left > 0:
             try:
-                datagram, address = recvfrom(MAX_DATAGRAM)
+                batch, address = receive()
             except BlockingIOError:
                 return
             except OSError:  # e.g. an ICMP error reported late: nothing to read from it
+                left -= 1
                 continue
-            transfer = transfers.get(peek_transfer_id(datagram))  # type: ignore[arg-type]
-            if transfer is not None and address == transfer.peer:
-                endpoint = transfer.endpoint
-                endpoint.receive(datagram, now)
-                reply = endpoint.datagrams_to_send()  # an ACK leaves now, not after the batch
-                if reply:
-                    self._send(reply, address)
+            now = time.monotonic()
+            left -= len(batch)
+            for datagram in batch:
+                transfer = transfers.get(peek_transfer_id(datagram))  # type: ignore[arg-type]
+                if transfer is not None and address == transfer.peer:
+                    endpoint = transfer.endpoint
+                    endpoint.receive(datagram, now)
+                    reply = endpoint.datagrams_to_send()  # an ACK leaves now, not after the batch
+                    if reply:
+                        self._send(reply, address)
 
     def _service(self, transfer: Transfer, now: float) -> None:
         endpoint = transfer.endpoint
@@ -189,45 +197,17 @@ class TransferLoop:
         if self._drop is not None:  # the benchmark's loss: DATA dropped before sendto
             drop, loss = self._drop, self._data_loss
             datagrams = [d for d in datagrams if d[1] != _DATA or drop() >= loss]
-        if self.backlog:  # keep the order: behind what is already waiting
-            self.backlog.extend((d, peer) for d in datagrams)
-            return
-        sendto = self.sock.sendto
-        for position, datagram in enumerate(datagrams):
-            try:
-                sendto(datagram, peer)
-            except BlockingIOError:
-                self.backlog.extend((d, peer) for d in datagrams[position:])
-                self.selector.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-                return
-            except OSError:  # ENOBUFS, an ICMP error: the datagram is lost, the protocol resends
-                pass
+        self.port.send(datagrams, peer)
+        self._watch_writable()
 
     def _flush(self) -> None:
-        while self.backlog:
-            datagram, peer = self.backlog[0]
-            try:
-                self.sock.sendto(datagram, peer)
-            except BlockingIOError:
-                return
-            except OSError:
-                pass
-            self.backlog.popleft()
-        self.selector.modify(self.sock, selectors.EVENT_READ)
+        self.port.flush()
+        self._watch_writable()
 
-
-def write_chunks(fd: int, chunks: list[memoryview]) -> None:
-    """Write the pieces of a Data event straight from the datagrams, a writev at a time."""
-    start = 0
-    while start < len(chunks):
-        written = os.writev(fd, chunks[start : start + IOV_MAX])
-        while written:  # a short write leaves the rest of the pieces for the next round
-            head = chunks[start]
-            if written < len(head):
-                chunks[start] = head[written:]
-                break
-            written -= len(head)
-            start += 1
+    def _watch_writable(self) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.port.waiting else 0)
+        if self.selector.get_key(self.sock).events != events:
+            self.selector.modify(self.sock, events)
 
 
 def open_socket() -> socket.socket:
@@ -238,11 +218,12 @@ def open_socket() -> socket.socket:
     return sock
 
 
-def run_sender(pipe: Connection, path: str, datagram_size: int, data_loss: float) -> None:
+def run_sender(pipe: Connection, path: str, datagram_size: int, data_loss: float, offload: bool) -> None:
+    keep_freed_memory()  # as client.py does: datagrams are allocated and freed by the megabyte
     sock = open_socket()
     pipe.send(sock.getsockname())
     transfer_id, peer = pipe.recv()
-    loop = TransferLoop(sock, data_loss=data_loss)
+    loop = TransferLoop(sock, data_loss=data_loss, offload=offload)
     size = os.path.getsize(path)
     sender = Sender(transfer_id, size, time.monotonic(), datagram_size=datagram_size)
     loop.add(Transfer(sender, peer, io.FileIO(path, "rb"), Path(path)))
@@ -254,11 +235,12 @@ def run_sender(pipe: Connection, path: str, datagram_size: int, data_loss: float
                "cpu": transfer.cpu_at_finish - cpu, "resent": sender.resent})
 
 
-def run_receiver(pipe: Connection, directory: str, size: int) -> None:
+def run_receiver(pipe: Connection, directory: str, size: int, offload: bool) -> None:
+    keep_freed_memory()
     sock = open_socket()
     pipe.send(sock.getsockname())
     transfer_id, peer = pipe.recv()
-    loop = TransferLoop(sock)
+    loop = TransferLoop(sock, offload=offload)
     # Three quarters of what the kernel granted: room for ACKs of our own outgoing transfers.
     window = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) * 3 // 4
     fd, temp = tempfile.mkstemp(dir=directory, prefix=".tessenger-", suffix=".part")
@@ -271,13 +253,14 @@ def run_receiver(pipe: Connection, directory: str, size: int) -> None:
                "seconds": transfer.finished_at - started, "cpu": transfer.cpu_at_finish - cpu})
 
 
-def transfer_once(source: Path, target_dir: Path, datagram_size: int, data_loss: float) -> dict[str, Any]:
+def transfer_once(source: Path, target_dir: Path, datagram_size: int, data_loss: float,
+                  offload: bool = True) -> dict[str, Any]:
     context = multiprocessing.get_context("fork")
     to_sender, sender_end = context.Pipe()
     to_receiver, receiver_end = context.Pipe()
     size = source.stat().st_size
-    sender = context.Process(target=run_sender, args=(sender_end, str(source), datagram_size, data_loss))
-    receiver = context.Process(target=run_receiver, args=(receiver_end, str(target_dir), size))
+    sender = context.Process(target=run_sender, args=(sender_end, str(source), datagram_size, data_loss, offload))
+    receiver = context.Process(target=run_receiver, args=(receiver_end, str(target_dir), size, offload))
     sender.start()
     receiver.start()
     sender_address, receiver_address = to_sender.recv(), to_receiver.recv()
@@ -319,6 +302,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mib", type=int, help="file size in MiB")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the median is reported")
     parser.add_argument("--json", type=Path, help="also write every run here")
+    parser.add_argument("--no-offload", dest="offload", action="store_false",
+                        help="one system call per datagram both ways (no UDP GSO/GRO), for comparison")
     args = parser.parse_args(argv)
     size = (args.mib or (8 if args.quick else 100)) * 1024 * 1024
     default = datagram_size_for("127.0.0.1")
@@ -328,7 +313,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as sending, tempfile.TemporaryDirectory() as receiving:
         source = Path(sending) / "video.bin"
         write_random_file(source, size)
-        ceilings = {d: blast(size, d)["recv_MBps"] for d in sorted({default, 1400})}
+        ceilings = {d: blast(size, d, offload=args.offload)["recv_MBps"] for d in sorted({default, 1400})}
         print(f"{size / 2**20:.0f} MiB on loopback, {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.2f} before; MB = 10^6 bytes; CPU = seconds each side spent on it")
         print(f"{'case':<24} {'datagram':>8} {'MB/s':>7} {'best':>6} {'ceiling':>8} {'ratio':>6} {'target':>7} "
@@ -336,7 +321,7 @@ def main(argv: list[str]) -> int:
         for name, datagram, loss, target in cases:
             runs = []
             for _ in range(args.repeat):
-                run = transfer_once(source, Path(receiving), datagram, loss)
+                run = transfer_once(source, Path(receiving), datagram, loss, args.offload)
                 run.update(case=name, ceiling_MBps=ceilings[datagram], target_MBps=target)
                 runs.append(run)
             results += runs

@@ -1,14 +1,18 @@
 """The transfer ceiling: a raw UDP blast on loopback, no protocol at all.
 
-    python3 -m bench.udp_ceiling [--bytes N] [--datagram SIZE] [--loss P]
+    python3 -m bench.udp_ceiling [--bytes N] [--datagram SIZE] [--loss P] [--no-offload]
 
-One process sends ``bytes`` bytes in datagrams of ``datagram`` bytes as fast as ``sendto``
+One process sends ``bytes`` bytes in datagrams of ``datagram`` bytes as fast as the socket
 goes; another receives into a preallocated buffer and counts. Nothing is acknowledged or
 resent, so the blast loses whatever the receiver's socket buffer cannot hold: the rate the
 receiver *took in* is the ceiling any reliable transfer over the same datagrams can reach on
 this machine, and is reported beside the sender's rate and the loss. ``--loss`` drops that
 fraction of datagrams at the sender (they are not sent), for comparison with a lossy
 transfer run.
+
+The blast moves datagrams the way the client does (``client.DatagramPort``): on
+Linux, runs of them per system call (UDP GSO to send, GRO to receive), so that it stays a
+ceiling for the client; ``--no-offload`` sends and receives one datagram per call.
 """
 
 from __future__ import annotations
@@ -20,20 +24,28 @@ import random
 import socket
 import sys
 import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.udp_batching import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SOL_UDP, UDP_GRO, UDP_SEGMENT
 
 RCVBUF = 8 * 1024 * 1024  # asked for; the kernel caps it at net.core.rmem_max
 END = b"END"
 IDLE = 0.5  # the receiver stops this long after the last datagram
 
 
-def _receiver(pipe, datagram: int) -> None:
+def _receiver(pipe, offload: bool) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    if offload:  # a run of datagrams in one read: recv_into then takes in all of it
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
     sock.bind(("127.0.0.1", 0))
     pipe.send((sock.getsockname()[1], sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)))
-    buffer = bytearray(max(datagram, 65536))
+    buffer = bytearray(65536)
     view = memoryview(buffer)
-    received = datagrams = 0
+    received = reads = 0
     first = last = 0.0
     sock.settimeout(30.0)
     try:
@@ -45,20 +57,34 @@ def _receiver(pipe, datagram: int) -> None:
             if n == 3 and view[:3] == END:
                 break
             received += n
-            datagrams += 1
+            reads += 1
             last = time.perf_counter()
             n = recv_into(view)
     except socket.timeout:
         pass
-    pipe.send({"received": received, "datagrams": datagrams, "seconds": last - first})
+    pipe.send({"received": received, "reads": reads, "seconds": last - first})
     sock.close()
 
 
-def blast(total: int, datagram: int, loss: float = 0.0) -> dict:
+def _runs(count: int, datagram: int, loss: float, offload: bool) -> list[int]:
+    """How many datagrams each send carries: the ones not dropped, in runs as the client's
+    ``DatagramPort`` would batch them (one each without offload)."""
+    drop = random.Random(1).random if loss else None
+    kept = sum(1 for _ in range(count) if drop is None or drop() >= loss)
+    per_run = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // datagram) if offload else 1
+    per_run = max(1, per_run)
+    runs = [per_run] * (kept // per_run)
+    if kept % per_run:
+        runs.append(kept % per_run)
+    return runs
+
+
+def blast(total: int, datagram: int, loss: float = 0.0, offload: bool = True) -> dict:
     """Blast ``total`` bytes in ``datagram``-byte datagrams; rates in MB/s (10^6 bytes/s)."""
+    offload = offload and sys.platform.startswith("linux") and datagram * 2 <= GSO_MAX_BYTES
     context = multiprocessing.get_context("fork")
     ours, theirs = context.Pipe()
-    process = context.Process(target=_receiver, args=(theirs, datagram), daemon=True)
+    process = context.Process(target=_receiver, args=(theirs, offload), daemon=True)
     process.start()
     port, rcvbuf = ours.recv()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -66,17 +92,20 @@ def blast(total: int, datagram: int, loss: float = 0.0) -> dict:
     payload = bytes(random.getrandbits(8) for _ in range(min(datagram, 256))) * (datagram // 256 + 1)
     payload = payload[:datagram]
     count = max(1, total // datagram)
-    send = sock.send
-    drop = random.Random(1).random if loss else None
+    runs = _runs(count, datagram, loss, offload)  # decided before the clock starts
+    segment = [(SOL_UDP, UDP_SEGMENT, datagram.to_bytes(2, sys.byteorder))]
+    run_buffers = {n: [payload] * n for n in set(runs)}
+    send, sendmsg = sock.send, sock.sendmsg
     sent = 0
     start = time.perf_counter()
-    for _ in range(count):
-        if drop is not None and drop() < loss:
-            continue
+    for n in runs:
         try:
-            send(payload)
-            sent += 1
-        except (BlockingIOError, OSError):  # ENOBUFS: the datagram is lost, as on the wire
+            if n == 1:
+                send(payload)
+            else:
+                sendmsg(run_buffers[n], segment)
+            sent += n
+        except (BlockingIOError, OSError):  # ENOBUFS: the datagrams are lost, as on the wire
             pass
     elapsed = time.perf_counter() - start
     for _ in range(5):  # several: an END can be lost like any datagram
@@ -99,6 +128,7 @@ def blast(total: int, datagram: int, loss: float = 0.0) -> dict:
         "recv_MBps": result["received"] / result["seconds"] / 1e6 if result["seconds"] > 0 else float("nan"),
         "delivered_fraction": result["received"] / offered,
         "rcvbuf": rcvbuf,
+        "offload": offload,  # runs of datagrams per system call (UDP GSO/GRO), as the client
     }
 
 
@@ -107,8 +137,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--bytes", type=int, default=100 * 1024 * 1024)
     parser.add_argument("--datagram", type=int, default=1400)
     parser.add_argument("--loss", type=float, default=0.0)
+    parser.add_argument("--no-offload", dest="offload", action="store_false",
+                        help="one datagram per system call (no UDP GSO/GRO)")
     args = parser.parse_args(argv)
-    print(json.dumps(blast(args.bytes, args.datagram, args.loss), indent=2))
+    print(json.dumps(blast(args.bytes, args.datagram, args.loss, args.offload), indent=2))
     return 0
 
 

@@ -9,7 +9,7 @@ acknowledged" holds without the rules knowing about files.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Union
 
 from . import logformat, passwords

@@ -616,6 +616,10 @@ class Receiver(_Endpoint[ReceiverEvent]):
         self._hash = hashlib.sha256()
         self._chunk = 0  # learnt from the first DATA; every DATA must then agree
         self._total = 0 if expected_size == 0 else -1  # chunks in the file, once chunk is known
+        self._whole = 0  # chunks 0 .. _whole - 1 are whole chunks; only the last may be shorter
+        # What every DATA of this transfer starts with: one startswith() checks magic, kind
+        # and transfer id at once, where the general path takes a slice and three compares.
+        self._data_prefix = bytes((_MAGIC, _DATA)) + self.transfer_id
         self._window_chunks = 0  # how far beyond the first missing chunk data is buffered
         self._ack_every = 1
         self._cum = 0  # chunks delivered in order
@@ -645,13 +649,14 @@ class Receiver(_Endpoint[ReceiverEvent]):
 
     def receive(self, datagram: bytes, now: float) -> None:
         """Handle one datagram from the sender; anything malformed or foreign is ignored."""
+        if datagram.startswith(self._data_prefix) and not self._over:
+            self._on_data(datagram, now)  # nearly every datagram: keep its path short
+            return
         if len(datagram) < _COMMON_SIZE or datagram[0] != _MAGIC or datagram[2:18] != self.transfer_id:
             return
         kind = datagram[1]
         if self._over:
             self._linger(kind, now)
-        elif kind == _DATA:
-            self._on_data(datagram, now)
         elif kind == _FIN:
             self._on_fin(datagram, now)
         elif kind == _ABORT:
@@ -685,39 +690,52 @@ class Receiver(_Endpoint[ReceiverEvent]):
     # -- protocol ------------------------------------------------------------------------
 
     def _on_data(self, datagram: bytes, now: float) -> None:
+        """One DATA of this transfer (magic, kind and id already checked).
+
+        The common case -- a whole chunk, the next one expected -- takes the fewest steps:
+        at 1,400-byte datagrams this runs ~75,000 times for 100 MiB. Anything else takes a
+        call.
+        """
         length = len(datagram) - _HEADER
         if length <= 0:
             return
         index, chunk = _data_fields(datagram, _COMMON_SIZE)
         if chunk != self._chunk and not self._learn_chunk(chunk, now):
             return
-        remaining = self.size - index * chunk  # from this chunk's first byte to the end
-        if length != (chunk if remaining > chunk else remaining):
-            if remaining <= 0 or length > min(chunk, remaining):
-                self._fail("data beyond the announced size", now, tell_peer=True)
-            return  # a truncated datagram: ignore it, the sender will resend
+        if (length != chunk or index >= self._whole) and not self._valid_tail(index, length, now):
+            return
         self._last_heard = now
         self._trigger = index
-        cum = self._cum
-        if index == cum:
-            self._deliver(memoryview(datagram)[_HEADER:])
-            cum += 1
-            filled = False
-            if self._held_bits:
-                bits = self._held_bits >> 1
-                held = self._held
-                while bits & 1:
-                    self._deliver(held.pop(cum))
-                    cum += 1
-                    bits >>= 1
-                    filled = True
-                self._held_bits = bits
-            self._cum = cum
-            if cum == self._total:
-                self._all_received(now)
-            else:
-                self._count_for_ack(now, immediately=filled)
+        if index != self._cum:
+            self._on_out_of_order(datagram, index, now)
             return
+        self._deliver(memoryview(datagram)[_HEADER:])
+        cum = index + 1
+        filled = False
+        if self._held_bits:
+            cum = self._deliver_held(cum)
+            filled = cum > index + 1
+        self._cum = cum
+        if cum == self._total:
+            self._all_received(now)
+            return
+        self._count_for_ack(now, immediately=filled)
+
+    def _valid_tail(self, index: int, length: int, now: float) -> bool:
+        """A DATA that is not a whole chunk before the last: only the exact last chunk is
+        valid. A truncated one is ignored (the sender resends); one past the announced
+        size fails the transfer."""
+        chunk = self._chunk
+        remaining = self.size - index * chunk  # from this chunk's first byte to the end
+        if length == (chunk if remaining > chunk else remaining):
+            return True
+        if remaining <= 0 or length > min(chunk, remaining):
+            self._fail("data beyond the announced size", now, tell_peer=True)
+        return False
+
+    def _on_out_of_order(self, datagram: bytes, index: int, now: float) -> None:
+        """A chunk other than the next expected: a duplicate, or one beyond a gap."""
+        cum = self._cum
         offset = index - cum
         if index < cum or (self._held_bits >> offset) & 1:
             self._send_ack()  # a duplicate: our ACK was probably lost or late
@@ -727,6 +745,17 @@ class Receiver(_Endpoint[ReceiverEvent]):
             self._held_bits |= 1 << offset
             self._count_for_ack(now, immediately=new_gap)
         # beyond the window: the sender overran it; drop the chunk, it will be resent
+
+    def _deliver_held(self, cum: int) -> int:
+        """Deliver the held chunks that follow chunk ``cum - 1`` in order; the new ``cum``."""
+        bits = self._held_bits >> 1
+        held = self._held
+        while bits & 1:
+            self._deliver(held.pop(cum))
+            cum += 1
+            bits >>= 1
+        self._held_bits = bits
+        return cum
 
     def _learn_chunk(self, chunk: int, now: float) -> bool:
         """The first DATA fixes the chunk size (every later one must agree), and with it the
@@ -743,6 +772,7 @@ class Receiver(_Endpoint[ReceiverEvent]):
             return False
         self._chunk = chunk
         self._total = total
+        self._whole = self.size // chunk
         self.state = State.RUNNING
         self._window_chunks = max(1, min(self._window // chunk, MAX_WINDOW_CHUNKS))
         # The sender's window in chunks: acknowledge four times per window, so the sender
@@ -755,9 +785,15 @@ class Receiver(_Endpoint[ReceiverEvent]):
         self._hash.update(payload)
         chunks = self._chunks
         if chunks is None:
-            chunks = self._chunks = []
-            self._events.append(Data(chunks))
+            chunks = self._start_data_event()
         chunks.append(payload)
+
+    def _start_data_event(self) -> list[memoryview]:
+        """The Data event that gathers deliveries until the shell next calls ``events()``."""
+        chunks: list[memoryview] = []
+        self._chunks = chunks
+        self._events.append(Data(chunks))
+        return chunks
 
     def _count_for_ack(self, now: float, *, immediately: bool) -> None:
         """ACK at once on a new gap or a filled one, else every ``_ack_every`` chunks or after

@@ -541,6 +541,42 @@ def test_an_overlong_last_chunk_fails_the_receiver() -> None:
     assert receiver.events() == [Failed("data beyond the announced size")]
 
 
+_CHUNK = 1_000 - wire.DATA_HEADER_SIZE
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    size=st.integers(1, 5_000) | st.integers(1, 5).map(lambda n: n * _CHUNK),  # also exact multiples
+    index=st.integers(0, 8),
+    length=st.integers(1, 1_100) | st.sampled_from([_CHUNK - 1, _CHUNK, _CHUNK + 1]),
+)
+def test_a_data_is_taken_ignored_or_fatal_by_its_length_alone(size: int, index: int, length: int) -> None:
+    """The rule, stated once: chunk ``index`` must be exactly ``min(chunk, size - index *
+    chunk)`` bytes. Shorter is a truncated datagram (ignored, the sender resends); longer, or
+    any chunk past the end, is data beyond the announced size (the transfer fails)."""
+    chunk = _CHUNK
+    receiver = Receiver(TID, size, 0.0)
+    receiver.datagrams_to_send()
+    first = wire.DATA.pack(wire.MAGIC, Kind.DATA, TID, 0, chunk) + b"a" * min(chunk, size)
+    receiver.receive(first, 0.0)  # fixes the chunk size
+    receiver.events()
+    expected = min(chunk, size - index * chunk)
+    receiver.receive(wire.DATA.pack(wire.MAGIC, Kind.DATA, TID, index, chunk) + b"b" * length, 0.001)
+    if expected <= 0 or length > expected:
+        assert receiver.events() == [Failed("data beyond the announced size")]
+    elif length < expected:
+        assert receiver.state is State.RUNNING and receiver.events() == []
+        assert receiver._trigger == 0  # ignored: not even counted as heard from
+    else:
+        assert receiver.state is State.RUNNING  # no FIN yet
+        assert not any(isinstance(e, Failed) for e in receiver.events())
+        assert receiver._trigger == index
+        if index == 1:
+            assert receiver.bytes_received == min(size, 2 * chunk)  # delivered in order
+        elif index > 1:
+            assert index in receiver._held  # beyond a gap
+
+
 def test_a_sender_with_more_than_announced_is_refused() -> None:
     """The server announced 5,000 bytes; the presenter's client streams 50,000."""
     content = content_of(50_000, 9)
