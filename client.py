@@ -414,10 +414,9 @@ class Client:
             self._apply(self.session.connection_lost(now), now)
             return
         try:
-            payloads = self.decoder.feed(data)
-        except FrameError as exc:
-            self._apply(self.session.bad_message(str(exc)), now)
-            return
+            payloads, broken = self.decoder.feed(data), None
+        except FrameError as exc:  # what the server sent before the stream broke still counts
+            payloads, broken = exc.frames, exc
         for payload in payloads:
             try:
                 message = replies.decode(payload)
@@ -427,6 +426,8 @@ class Client:
             self._apply(self.session.received(message, now), now)
             if self.exit_code is not None:
                 return
+        if broken is not None:
+            self._apply(self.session.bad_message(str(broken)), now)
 
     def _send(self, message: Message) -> None:
         self.out += frame(encode(message))

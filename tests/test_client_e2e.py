@@ -16,8 +16,9 @@ from typing import Callable, Iterator
 
 import pytest
 
+from core.framing import encode as frame
 from core.messages import (
-    ActiveUser, ActiveUsers, CheckUser, Login, MsgSent, MsgTo, PrivateMessage, UserOk, Welcome,
+    ActiveUser, ActiveUsers, CheckUser, Login, MsgSent, MsgTo, PrivateMessage, UserOk, Welcome, encode,
 )
 from tests.client_harness import LOGIN_LINES, PROMPT, TIMESTAMP, ClientProcess, FakeServer
 from tests.harness import PASSWORDS, ROOT, ServerProcess, wait_for
@@ -385,6 +386,21 @@ def test_garbage_from_the_server_ends_the_client_with_one_line(
         fake_login(fake, client)
         fake.send_raw(garbage)
         assert client.output.rest() == [f"Error. The server sent an invalid message ({reason})."]
+        assert client.exit_code() == 1
+    finally:
+        client.stop()
+
+
+def test_a_message_sent_just_before_a_broken_frame_is_still_shown(fake: FakeServer, tmp_path: Path) -> None:
+    client = ClientProcess(fake.port, tmp_path / "client")
+    try:
+        fake_login(fake, client)
+        message = frame(encode(PrivateMessage("Leia", "last words", "01 Jun 2023 15:00:01")))
+        fake.send_raw(message + b"\xff\xff\xff\xff")  # one read holds both
+        assert client.output.rest() == [
+            "01 Jun 2023 15:00:01, Leia: last words",
+            "Error. The server sent an invalid message (frame of 4294967295 bytes exceeds the limit of 16777216).",
+        ]
         assert client.exit_code() == 1
     finally:
         client.stop()
