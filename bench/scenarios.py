@@ -336,9 +336,9 @@ def p2pvideo_rows(sizes: Sizes, profile: Path | None = None) -> list[dict[str, A
         if r["MBps"] is not None:
             met = bool(r["identical"]) and (r["target_MBps"] is None or r["MBps"] >= r["target_MBps"])
         note = r["note"] or f"{r['bytes'] / 2**20:.0f} MiB, byte-identical: {r['identical']}"
-        note += f"; {r['datagram']}-byte datagrams ({r['datagram_source']}), ceiling = raw UDP blast"
-        if r["loss"]:
-            note += f" with {r['loss']:.0%} of datagrams dropped"
+        dropped = f", {r['loss']:.0%} of datagrams dropped" if r["loss"] else ""
+        note += (f"; {r['datagram']}-byte datagrams ({r['datagram_source']}), "
+                 f"ceiling = raw UDP blast (batched as the client batches{dropped})")
         rows.append(row(f"p2pvideo: {r['case']}", r["MBps"], "MB/s", target, met, ceiling=r["ceiling_MBps"],
                         ratio=r["ratio"], note=note, transfer=r))
     return rows
