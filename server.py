@@ -259,25 +259,30 @@ class Server:
         the login.
         """
         effects: list[Effect] = []
+        # looked up once per turn, not once per request: this loop is the relay's hot path
+        next_frame = conn.decoder.next_frame
+        handle = self.chat.handle
+        decode = requests.decode
+        conn_id = conn.conn_id
         for _ in range(FRAMES_PER_TURN):
             try:
-                payload = conn.decoder.next_frame()
+                payload = next_frame()
             except FrameError as exc:
                 return effects + self._reject(conn, f"Error. Bad frame: {exc}.")
             if payload is None:
                 del self._backlog[conn]  # all handled: read it again
                 break
             try:
-                replies = self.chat.handle(conn.conn_id, requests.decode(payload), now)
+                replies = handle(conn_id, decode(payload), now)
             except SchemaError as exc:
                 replies = self._reject(conn, f"Error. Bad request: {exc}.")
             except Exception:  # a bug must cost one connection, never the server
                 traceback.print_exc()
                 replies = self._reject(conn, "Error. Internal server error.")
             effects += replies
-            if Close in map(type, replies):
+            if replies and type(replies[-1]) is Close:  # a Close is always the last effect of a request
                 break  # whatever it sent after its own end is ignored
-            if conn.decoder.max_frame < self.limits.max_frame and self.chat.sessions[conn.conn_id].username:
+            if conn.decoder.max_frame < self.limits.max_frame and self.chat.sessions[conn_id].username:
                 conn.decoder.max_frame = self.limits.max_frame
         return effects
 

@@ -148,6 +148,7 @@ class Chat:
         return [Announce(f"{session.username} logout")]
 
     def handle(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        """The effects of one request: never none, and a ``Close`` only ever as the last."""
         session = self.sessions[conn]
         if session.username is None:
             if isinstance(request, CheckUser):
@@ -222,8 +223,8 @@ class Chat:
         self.blocked_until[username] = now + self.block_seconds
         return [
             _error(session.conn, "Invalid Password. Your account has been blocked. Please try again later", Code.BLOCKED),
-            Close(session.conn),
             Announce(f"{username} blocked for {self.block_seconds:g} seconds after {failures} failed logins."),
+            Close(session.conn),
         ]
 
     # --- commands ------------------------------------------------------------------------

@@ -485,6 +485,8 @@ class ChatMachine(RuleBasedStateMachine):
         return effects
 
     def check_effects(self, conn: int, effects: list[Any]) -> None:
+        assert effects  # every request is answered
+        assert not any(isinstance(e, Close) for e in effects[:-1])  # the server looks only at the last
         for e in effects:
             assert isinstance(e, (Send, Append, Announce, Close))
             if isinstance(e, Close):
