@@ -121,6 +121,8 @@ def test_a_run_takes_one_read_with_offload_and_one_per_datagram_without() -> Non
         sender, receiver = pair(offload)
         try:
             sender.send(datagrams, receiver.sock.getsockname())
+            if offload and not (sender._gso and receiver._gro):  # refused: the port fell back
+                pytest.skip("this kernel does not batch UDP datagrams (UDP_SEGMENT/UDP_GRO)")
             got, count = receive_all(receiver, len(datagrams))
             assert got == datagrams and count == reads
         finally:
