@@ -557,7 +557,6 @@ class Client:
 
 # --- the UDP socket ----------------------------------------------------------------------
 
-# the socket options' values: UDP_SEGMENT a u16 in host order, UDP_GRO an int
 _SEGMENT = struct.Struct("=H")  # UDP_SEGMENT's value: a u16 in host order
 _GRO_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0  # UDP_GRO's value: an int
 
