@@ -29,7 +29,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.udp_batching import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SOL_UDP, UDP_GRO, UDP_SEGMENT
+from core.udp_batching import GSO_MAX_BYTES, SOL_UDP, UDP_GRO, UDP_SEGMENT, gso_run_end
 
 RCVBUF = 8 * 1024 * 1024  # asked for; the kernel caps it at net.core.rmem_max
 END = b"END"
@@ -66,16 +66,20 @@ def _receiver(pipe, offload: bool) -> None:
     sock.close()
 
 
-def _runs(count: int, datagram: int, loss: float, offload: bool) -> list[int]:
-    """How many datagrams each send carries: the ones not dropped, in runs as the client's
-    ``DatagramPort`` would batch them (one each without offload)."""
+def _runs(count: int, payload: bytes, loss: float, offload: bool) -> list[int]:
+    """How many datagrams each send carries: the ones not dropped, in the runs the client's
+    ``DatagramPort`` would send them in (its own rule, ``gso_run_end``), or one each
+    without offload."""
     drop = random.Random(1).random if loss else None
-    kept = sum(1 for _ in range(count) if drop is None or drop() >= loss)
-    per_run = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // datagram) if offload else 1
-    per_run = max(1, per_run)
-    runs = [per_run] * (kept // per_run)
-    if kept % per_run:
-        runs.append(kept % per_run)
+    kept = [payload for _ in range(count) if drop is None or drop() >= loss]
+    if not offload:
+        return [1] * len(kept)
+    runs: list[int] = []
+    start = 0
+    while start < len(kept):
+        end = gso_run_end(kept, start)
+        runs.append(end - start)
+        start = end
     return runs
 
 
@@ -92,7 +96,7 @@ def blast(total: int, datagram: int, loss: float = 0.0, offload: bool = True) ->
     payload = bytes(random.getrandbits(8) for _ in range(min(datagram, 256))) * (datagram // 256 + 1)
     payload = payload[:datagram]
     count = max(1, total // datagram)
-    runs = _runs(count, datagram, loss, offload)  # decided before the clock starts
+    runs = _runs(count, payload, loss, offload)  # decided before the clock starts
     segment = [(SOL_UDP, UDP_SEGMENT, datagram.to_bytes(2, sys.byteorder))]
     run_buffers = {n: [payload] * n for n in set(runs)}
     send, sendmsg = sock.send, sock.sendmsg
