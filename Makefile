@@ -9,7 +9,7 @@ SERVER_FLAGS ?=
 CLIENT_FLAGS ?=
 PYTEST_FLAGS ?=
 
-.PHONY: run-server run-client test bench hash-password clean
+.PHONY: run-server run-client test bench hash-password clean system-tools
 
 run-server:
 	$(PYTHON) server.py $(PORT) $(ATTEMPTS) $(SERVER_FLAGS)
@@ -24,7 +24,22 @@ $(VENV)/.installed: requirements-test.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
-test: $(VENV)/.installed
+# System tools some tests need (redis-server for the cluster, iptables for lossy links, the
+# openssl command line for certificates). As root (CI) they are installed when missing; otherwise
+# the tests that need them say so and are skipped.
+SYSTEM_TOOLS = redis-server:redis-server iptables:iptables openssl:openssl tc:iproute2
+
+system-tools:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing) >/dev/null \
+	    || echo "Could not install$$missing: the tests that need them will be skipped"; \
+	else echo "Not installed:$$missing (apt-get install$$missing as root): the tests that need them will be skipped"; fi
+
+test: $(VENV)/.installed system-tools
 	$(VENV)/bin/python -m pytest $(PYTEST_FLAGS)
 
 hash-password:
