@@ -26,7 +26,7 @@ import ipaddress
 from bisect import bisect_right
 from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, Sequence, TypeVar, Union
+from typing import Any, Generic, Sequence, TypeVar, Union
 
 from core import transfer_wire as wire
 from core.transfer_wire import Kind, peek_transfer_id
@@ -54,6 +54,9 @@ LOOPBACK_DATAGRAM_SIZE = wire.MAX_DATAGRAM
 ETHERNET_DATAGRAM_SIZE = 1_472
 MIN_DATAGRAM_SIZE = wire.DATA_HEADER_SIZE + 64  # smaller chunks only multiply per-datagram cost
 DEFAULT_WINDOW = 6 * 1024 * 1024
+# Whatever window a receiver advertises, a sender keeps at most this many bytes of DATA
+# datagrams for resending (without it, a hostile HELLO could pin 8,192 x 64 KiB = 550 MB).
+DEFAULT_MAX_IN_FLIGHT = 64 * 1024 * 1024
 GIVE_UP = 10.0
 MIN_RTO = 0.03
 INITIAL_RTO = 0.2
@@ -160,12 +163,16 @@ class _Endpoint(Generic[_Event]):
     sender has nothing to answer and is closed at once.)
     """
 
-    def __init__(self, transfer_id: bytes, now: float, give_up: float) -> None:
+    def __init__(self, transfer_id: bytes, now: float, give_up: float, key: bytes | None) -> None:
         if len(transfer_id) != wire.TRANSFER_ID_SIZE:
             raise ValueError(f"a transfer id has {wire.TRANSFER_ID_SIZE} bytes, not {len(transfer_id)}")
         if give_up <= 0:
             raise ValueError("give_up must be positive")
         self.transfer_id = bytes(transfer_id)
+        # Keyed: every datagram out carries a tag, every datagram in without the right one is
+        # dropped before anything else looks at it. Unkeyed (None) only for benchmarks/tests.
+        self._mac = wire.Mac(key) if key is not None else None
+        self._tag = wire.TAG_SIZE if key is not None else 0
         self.state = State.SETUP
         self.closed = False
         self._over = False  # Completed or Failed: only lingering is left
@@ -195,13 +202,26 @@ class _Endpoint(Generic[_Event]):
         self._events = []
         return events
 
-    def abort(self, reason: str, now: float) -> None:
-        """Fail at the shell's request (file error, user left...) and tell the peer why."""
+    def abort(self, reason: str, now: float, *, tell_peer: bool = True) -> None:
+        """Fail at the shell's request (file error, user left...) and tell the peer why
+        (not when the server said the peer is gone)."""
         if not self._over:
-            self._fail(reason, now, tell_peer=True)
+            self._fail(reason, now, tell_peer=tell_peer)
+
+    def _seal(self, body: bytes) -> bytes:
+        return wire.seal(body, self._mac)
+
+    def _authentic(self, datagram: bytes) -> bytes | None:
+        """``datagram`` without its tag if it is this transfer's and authentic, else None."""
+        if len(datagram) < _COMMON_SIZE or datagram[0] != _MAGIC or datagram[2:18] != self.transfer_id:
+            return None
+        mac = self._mac
+        if mac is None:
+            return datagram
+        return datagram[: -wire.TAG_SIZE] if mac.check(datagram) else None
 
     def _fail(self, reason: str, now: float, *, tell_peer: bool) -> None:
-        abort = wire.encode_abort(self.transfer_id, reason)
+        abort = self._seal(wire.encode_abort(self.transfer_id, reason))
         if tell_peer:
             self._out.append(abort)
         self._end(State.FAILED, Failed(wire.sanitize_reason(reason)), abort, now)
@@ -252,8 +272,10 @@ class Sender(_Endpoint[SenderEvent]):
         give_up: float = GIVE_UP,
         min_rto: float = MIN_RTO,
         max_rto: float = MAX_RTO,
+        key: bytes | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
-        super().__init__(transfer_id, now, give_up)
+        super().__init__(transfer_id, now, give_up, key)
         if size < 0:
             raise ValueError("size must not be negative")
         if not MIN_DATAGRAM_SIZE <= datagram_size <= wire.MAX_DATAGRAM:
@@ -261,6 +283,10 @@ class Sender(_Endpoint[SenderEvent]):
         self.size = size
         self.bytes_acked = 0
         self.resent = 0  # chunks sent again, for the curious
+        self.resumed = 0  # bytes the receiver held already (verified by their SHA-256): not sent
+        self._skip = 0  # bytes at the file's start to hash but not send (a resume)
+        self._prefix_digest = b""  # the receiver's SHA-256 of those bytes
+        self._max_in_flight = max_in_flight
         self._datagram_size = datagram_size
         self._min_rto = min_rto
         self._max_rto = max_rto
@@ -298,6 +324,8 @@ class Sender(_Endpoint[SenderEvent]):
         """How many more file bytes ``feed`` accepts now (0: window full, not started, or done)."""
         if self.state is not State.RUNNING:
             return 0
+        if self._fed < self._skip:
+            return self._skip - self._fed  # the part the receiver holds: hashed, not sent
         room = self._una + self._window - self._next
         if room <= 0:
             return 0
@@ -318,10 +346,14 @@ class Sender(_Endpoint[SenderEvent]):
         self._hash.update(view)
         self._fed += length
         at_end = self._fed == self.size
+        if self._fed <= self._skip:
+            self._skipped(now)
+            return
         chunk = self._chunk
         pack = wire.DATA.pack
         magic = _MAGIC
         tid = self.transfer_id
+        mac = self._mac
         store = self._store
         out = self._out
         index = first = self._next
@@ -330,14 +362,22 @@ class Sender(_Endpoint[SenderEvent]):
             start = min(chunk - len(self._partial), length)
             self._partial += view[:start]
             if len(self._partial) == chunk or at_end:
-                datagram = pack(magic, _DATA, tid, index, chunk) + self._partial
+                header = pack(magic, _DATA, tid, index, chunk)
+                datagram = header + self._partial
+                if mac is not None:
+                    datagram += mac.tag(datagram)
                 store[index] = datagram
                 out.append(datagram)
                 index += 1
                 self._partial = b""
         end = length if at_end else start + (length - start) // chunk * chunk
         for offset in range(start, end, chunk):
-            datagram = pack(magic, _DATA, tid, index, chunk) + view[offset : offset + chunk]
+            header = pack(magic, _DATA, tid, index, chunk)
+            piece = view[offset : offset + chunk]
+            if mac is None:
+                datagram = header + piece
+            else:
+                datagram = b"".join((header, piece, mac.tag(header, piece)))
             store[index] = datagram
             out.append(datagram)
             index += 1
@@ -351,10 +391,25 @@ class Sender(_Endpoint[SenderEvent]):
         if at_end:
             self._send_fin(now)
 
-    def receive(self, datagram: bytes, now: float) -> None:
-        """Handle one datagram from the receiver; anything malformed or foreign is ignored."""
-        if len(datagram) < _COMMON_SIZE or datagram[0] != _MAGIC or datagram[2:18] != self.transfer_id:
+    def _skipped(self, now: float) -> None:
+        """Every byte fed so far is in the receiver's partial copy: once all of it is hashed,
+        its SHA-256 must be the one the receiver reported, or the copy is of another file."""
+        if self._fed < self._skip:
             return
+        if self._hash.copy().digest() != self._prefix_digest:
+            self._fail("the receiver's partial copy is not of this file; it is discarded, send again",
+                       now, tell_peer=True)
+            return
+        self.resumed = self.bytes_acked = self._skip
+        if self._fed == self.size:
+            self._send_fin(now)
+
+    def receive(self, datagram: bytes, now: float) -> None:
+        """Handle one datagram from the receiver; anything malformed, foreign or forged is ignored."""
+        authentic = self._authentic(datagram)
+        if authentic is None:
+            return
+        datagram = authentic
         kind = datagram[1]
         if self._over:
             self._linger(kind, now)
@@ -403,7 +458,10 @@ class Sender(_Endpoint[SenderEvent]):
         hello = wire.decode_hello(datagram)
         if hello is None or self.state is not State.SETUP:
             return  # a repeated HELLO (sent before our data reached the receiver) changes nothing
-        window, max_datagram = hello
+        window, max_datagram, resume, prefix_digest = hello
+        if resume > self.size:
+            self._fail(f"the receiver claims {resume} bytes of a {self.size}-byte file", now, tell_peer=True)
+            return
         datagram_size = min(self._datagram_size, max_datagram)
         if datagram_size < MIN_DATAGRAM_SIZE:
             self._fail(f"the receiver accepts only {max_datagram}-byte datagrams", now, tell_peer=True)
@@ -414,7 +472,10 @@ class Sender(_Endpoint[SenderEvent]):
             return
         # The window counts chunks from the first unacknowledged one, so everything in flight
         # (and everything the receiver may have to buffer out of order) fits its socket buffer.
-        self._window = max(1, min(window // footprint(datagram_size), MAX_WINDOW_CHUNKS))
+        # Never more than max_in_flight bytes kept for resending, whatever the receiver says.
+        self._window = max(1, min(window // footprint(datagram_size), MAX_WINDOW_CHUNKS,
+                                  self._max_in_flight // datagram_size))
+        self._skip, self._prefix_digest = resume, prefix_digest
         self.state = State.RUNNING
         self._last_heard = now
         if self.size == 0:
@@ -422,7 +483,7 @@ class Sender(_Endpoint[SenderEvent]):
 
     def _send_fin(self, now: float) -> None:
         self._digest = self._hash.digest()
-        self._fin = wire.encode_fin(self.transfer_id, self.size, self._digest)
+        self._fin = self._seal(wire.encode_fin(self.transfer_id, self.size, self._digest))
         self._out.append(self._fin)
         self._arm(now)
 
@@ -472,7 +533,7 @@ class Sender(_Endpoint[SenderEvent]):
                 del self._batch_first[:stale_batches], self._batch_time[:stale_batches]
             self._sacked >>= cumulative - una
             self._una = una = cumulative
-            self.bytes_acked = min(cumulative * self._chunk, self.size)
+            self.bytes_acked = self._skip + min(cumulative * self._chunk, self.size - self._skip)
             self._events.append(Progress(self.bytes_acked, self.size))
         self._sacked |= sack
         if progressed:
@@ -603,19 +664,30 @@ class Receiver(_Endpoint[ReceiverEvent]):
         max_datagram: int = wire.MAX_DATAGRAM,
         give_up: float = GIVE_UP,
         ack_delay: float = ACK_DELAY,
+        key: bytes | None = None,
+        resume: int = 0,
+        prefix_hash: Any = None,
     ) -> None:
-        super().__init__(transfer_id, now, give_up)
+        """``resume``: bytes of the file held already from an interrupted transfer, and
+        ``prefix_hash`` a ``hashlib.sha256`` object fed exactly those bytes; the sender then
+        sends only the rest, and the digest checked at the end is still the whole file's."""
+        super().__init__(transfer_id, now, give_up, key)
         if expected_size < 0:
             raise ValueError("expected_size must not be negative")
+        if not 0 <= resume <= expected_size or (resume and prefix_hash is None):
+            raise ValueError("resume must be 0..expected_size, with the hash of those bytes")
         if not MIN_DATAGRAM_SIZE <= max_datagram <= wire.MAX_DATAGRAM:
             raise ValueError(f"max_datagram must be {MIN_DATAGRAM_SIZE}..{wire.MAX_DATAGRAM}")
         self.size = expected_size
+        self.resumed = resume
+        self.mismatch = False  # the digest of what arrived was not the sender's
+        self._span = expected_size - resume  # the bytes this transfer carries; chunk 0 starts at resume
         self._window = window
         self._max_datagram = max_datagram
         self._ack_delay = ack_delay
-        self._hash = hashlib.sha256()
+        self._hash = prefix_hash if resume else hashlib.sha256()
         self._chunk = 0  # learnt from the first DATA; every DATA must then agree
-        self._total = 0 if expected_size == 0 else -1  # chunks in the file, once chunk is known
+        self._total = 0 if self._span == 0 else -1  # chunks to receive, once chunk is known
         self._whole = 0  # chunks 0 .. _whole - 1 are whole chunks; only the last may be shorter
         # What every DATA of this transfer starts with: one startswith() checks magic, kind
         # and transfer id at once, where the general path takes a slice and three compares.
@@ -630,7 +702,8 @@ class Receiver(_Endpoint[ReceiverEvent]):
         self._ack_due: float | None = None
         self._digest = b""  # from the FIN
         self._chunks: list[memoryview] | None = None  # of the Data event being gathered
-        self._hello = wire.encode_hello(self.transfer_id, window, max_datagram)
+        prefix_digest = self._hash.copy().digest() if resume else bytes(32)
+        self._hello = self._seal(wire.encode_hello(self.transfer_id, window, max_datagram, resume, prefix_digest))
         self._hello_interval = HELLO_INTERVAL
         self._hello_due = now + HELLO_INTERVAL
         if max_size is not None and expected_size > max_size:
@@ -640,20 +713,28 @@ class Receiver(_Endpoint[ReceiverEvent]):
 
     @property
     def bytes_received(self) -> int:
-        """Bytes delivered in order so far."""
-        return min(self._cum * self._chunk, self.size)
+        """Bytes of the file held in order so far (those resumed from included)."""
+        return self.resumed + min(self._cum * self._chunk, self._span)
+
+    def prefix_digest(self) -> bytes:
+        """The SHA-256 of the ``bytes_received`` bytes delivered so far (a resume point)."""
+        return self._hash.copy().digest()
 
     def events(self) -> list[ReceiverEvent]:
         self._chunks = None  # the next delivery starts a new Data event
         return super().events()
 
     def receive(self, datagram: bytes, now: float) -> None:
-        """Handle one datagram from the sender; anything malformed or foreign is ignored."""
+        """Handle one datagram from the sender; anything malformed, foreign or forged is ignored."""
         if datagram.startswith(self._data_prefix) and not self._over:
-            self._on_data(datagram, now)  # nearly every datagram: keep its path short
+            mac = self._mac
+            if mac is None or mac.check(datagram):
+                self._on_data(datagram, now)  # nearly every datagram: keep its path short
             return
-        if len(datagram) < _COMMON_SIZE or datagram[0] != _MAGIC or datagram[2:18] != self.transfer_id:
+        authentic = self._authentic(datagram)
+        if authentic is None:
             return
+        datagram = authentic
         kind = datagram[1]
         if self._over:
             self._linger(kind, now)
@@ -696,7 +777,7 @@ class Receiver(_Endpoint[ReceiverEvent]):
         at 1,400-byte datagrams this runs ~75,000 times for 100 MiB. Anything else takes a
         call.
         """
-        length = len(datagram) - _HEADER
+        length = len(datagram) - _HEADER - self._tag
         if length <= 0:
             return
         index, chunk = _data_fields(datagram, _COMMON_SIZE)
@@ -707,9 +788,9 @@ class Receiver(_Endpoint[ReceiverEvent]):
         self._last_heard = now
         self._trigger = index
         if index != self._cum:
-            self._on_out_of_order(datagram, index, now)
+            self._on_out_of_order(datagram, index, length, now)
             return
-        self._deliver(memoryview(datagram)[_HEADER:])
+        self._deliver(memoryview(datagram)[_HEADER : _HEADER + length])
         cum = index + 1
         filled = False
         if self._held_bits:
@@ -726,21 +807,21 @@ class Receiver(_Endpoint[ReceiverEvent]):
         valid. A truncated one is ignored (the sender resends); one past the announced
         size fails the transfer."""
         chunk = self._chunk
-        remaining = self.size - index * chunk  # from this chunk's first byte to the end
+        remaining = self._span - index * chunk  # from this chunk's first byte to the end
         if length == (chunk if remaining > chunk else remaining):
             return True
         if remaining <= 0 or length > min(chunk, remaining):
             self._fail("data beyond the announced size", now, tell_peer=True)
         return False
 
-    def _on_out_of_order(self, datagram: bytes, index: int, now: float) -> None:
+    def _on_out_of_order(self, datagram: bytes, index: int, length: int, now: float) -> None:
         """A chunk other than the next expected: a duplicate, or one beyond a gap."""
         cum = self._cum
         offset = index - cum
         if index < cum or (self._held_bits >> offset) & 1:
             self._send_ack()  # a duplicate: our ACK was probably lost or late
         elif offset < self._window_chunks:
-            self._held[index] = memoryview(datagram)[_HEADER:]
+            self._held[index] = memoryview(datagram)[_HEADER : _HEADER + length]
             new_gap = not (self._held_bits >> (offset - 1)) & 1
             self._held_bits |= 1 << offset
             self._count_for_ack(now, immediately=new_gap)
@@ -766,13 +847,13 @@ class Receiver(_Endpoint[ReceiverEvent]):
         if not 1 <= chunk <= self._max_datagram - wire.DATA_HEADER_SIZE:
             self._fail(f"the sender's chunk size {chunk} is outside the advertised limit", now, tell_peer=True)
             return False
-        total = -(-self.size // chunk)
+        total = -(-self._span // chunk)
         if total > _MAX_CHUNKS:
             self._fail("the file is too large for the sender's chunk size", now, tell_peer=True)
             return False
         self._chunk = chunk
         self._total = total
-        self._whole = self.size // chunk
+        self._whole = self._span // chunk
         self.state = State.RUNNING
         self._window_chunks = max(1, min(self._window // chunk, MAX_WINDOW_CHUNKS))
         # The sender's window in chunks: acknowledge four times per window, so the sender
@@ -805,7 +886,7 @@ class Receiver(_Endpoint[ReceiverEvent]):
             self._ack_due = now + self._ack_delay
 
     def _send_ack(self) -> None:
-        self._out.append(wire.encode_ack(self.transfer_id, self._cum, self._trigger, self._held_bits))
+        self._out.append(self._seal(wire.encode_ack(self.transfer_id, self._cum, self._trigger, self._held_bits)))
         self._unacked = 0
         self._ack_due = None
 
@@ -833,10 +914,11 @@ class Receiver(_Endpoint[ReceiverEvent]):
 
     def _verify(self, now: float) -> None:
         if self._hash.digest() == self._digest:
-            done = wire.encode_done(self.transfer_id, self._digest)
+            done = self._seal(wire.encode_done(self.transfer_id, self._digest))
             self._out.append(done)
             self._end(State.COMPLETED, Completed(), done, now)
         else:
+            self.mismatch = True
             self._fail("SHA-256 mismatch: the data received differs from the file sent", now, tell_peer=True)
 
     def _release(self) -> None:

@@ -35,8 +35,9 @@ TID = bytes(range(16))
 OTHER_TID = bytes(range(1, 17))
 
 Endpoint = Union[Sender, Receiver]
-# A channel hook sees (datagram, rng, now) and returns the datagram to deliver or None to drop.
-Hook = Callable[[bytes, random.Random, float], Union[bytes, None]]
+# A channel hook sees (datagram, rng, now) and returns the datagram to deliver, None to drop
+# it, or a list of datagrams to deliver in its place (forgeries beside it, say).
+Hook = Callable[[bytes, random.Random, float], Union[bytes, None, list[bytes]]]
 
 
 @dataclass
@@ -119,19 +120,18 @@ class Simulation:
             max_in_flight = max(max_in_flight, sender._next - sender._una)
             max_held = max(max_held, len(receiver._held) * receiver._chunk)
             for endpoint, link, to_sender in ((sender, self.forward, False), (receiver, self.backward, True)):
-                for datagram in endpoint.datagrams_to_send():
-                    if link.hook is not None:
-                        hooked = link.hook(datagram, rng, now)
-                        if hooked is None:
+                for sent in endpoint.datagrams_to_send():
+                    hooked = [sent] if link.hook is None else link.hook(sent, rng, now)
+                    if not isinstance(hooked, list):  # a hook may also inject datagrams of its own
+                        hooked = [] if hooked is None else [hooked]
+                    for datagram in hooked:
+                        if rng.random() < link.loss:
                             continue
-                        datagram = hooked
-                    if rng.random() < link.loss:
-                        continue
-                    departure = link.depart(len(datagram), now)
-                    for _ in range(2 if rng.random() < link.dup else 1):
-                        arrival = departure + link.delay + rng.random() * link.jitter
-                        heapq.heappush(in_flight, (arrival, order, to_sender, datagram))
-                        order += 1
+                        departure = link.depart(len(datagram), now)
+                        for _ in range(2 if rng.random() < link.dup else 1):
+                            arrival = departure + link.delay + rng.random() * link.jitter
+                            heapq.heappush(in_flight, (arrival, order, to_sender, datagram))
+                            order += 1
             sender_events += [(now, e) for e in sender.events()]
             for received_event in receiver.events():
                 if isinstance(received_event, Data):
@@ -175,7 +175,8 @@ def assert_consistent(outcome: Outcome, content: bytes) -> None:
 
 
 def test_each_kind_round_trips() -> None:
-    assert wire.decode_hello(wire.encode_hello(TID, 123_456, 1_472)) == (123_456, 1_472)
+    assert wire.decode_hello(wire.encode_hello(TID, 123_456, 1_472)) == (123_456, 1_472, 0, bytes(32))
+    assert wire.decode_hello(wire.encode_hello(TID, 1, 2, 2**40, b"d" * 32)) == (1, 2, 2**40, b"d" * 32)
     assert wire.decode_ack(wire.encode_ack(TID, 7, 9, 0b1010_0000)) == (7, 9, 0b1010_0000)
     assert wire.decode_ack(wire.encode_ack(TID, 7, wire.NO_CHUNK, 0)) == (7, wire.NO_CHUNK, 0)
     digest = hashlib.sha256(b"x").digest()
