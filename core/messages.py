@@ -88,6 +88,14 @@ def _valid_transfer_id(text: str) -> bool:
     return len(text) == 32 and not text.strip("0123456789abcdef")
 
 
+class TransferKey(str):
+    """Marker: 64 lower-case hex digits (32 random bytes): a transfer's MAC key."""
+
+
+def _valid_transfer_key(text: str) -> bool:
+    return len(text) == 64 and not text.strip("0123456789abcdef")
+
+
 def _port_reason(number: int) -> str:
     return " must be a non-negative integer" if number < 0 else " must be a port number"
 
@@ -111,6 +119,7 @@ _SCALARS: dict[type, tuple[type, Callable[[Any], bool], Callable[[Any], str]]] =
     Text: (str, lambda text: valid_text(text) is None, lambda text: f": {valid_text(text)}"),
     FileName: (str, valid_filename, _reason(" must be a plain file name")),
     TransferId: (str, _valid_transfer_id, _reason(" must be 32 lower-case hex digits")),
+    TransferKey: (str, _valid_transfer_key, _reason(" must be 64 lower-case hex digits")),
 }
 _TYPE_NAMES = {str: "a string", int: "a non-negative integer"}
 
@@ -315,12 +324,14 @@ class Bye(Message):
 
 @dataclass(slots=True)
 class TransferTarget(Record):
-    """Where to send one transfer: the audience's UDP address and the transfer's id."""
+    """Where to send one transfer: the audience's UDP address, the transfer's id and the key
+    that authenticates its every datagram."""
 
     audience: Name
     ip: str
     udp_port: Port
     transfer_id: TransferId
+    key: TransferKey
 
 
 @dataclass(slots=True)
@@ -343,6 +354,17 @@ class TransferOffer(Message):
     ip: str
     udp_port: Port
     transfer_id: TransferId
+    key: TransferKey
+
+
+@dataclass(slots=True)
+class TransferEnded(Message):
+    """Push to a transfer's other side: ``username`` left (logged out or dropped), so the
+    transfer ``transfer_id`` can stop now rather than wait for silence."""
+
+    TYPE: ClassVar[str] = "transfer_ended"
+    transfer_id: TransferId
+    username: Name
 
 
 REQUESTS: tuple[type[Message], ...] = (
@@ -351,7 +373,7 @@ REQUESTS: tuple[type[Message], ...] = (
 )
 REPLIES: tuple[type[Message], ...] = (
     UserOk, Welcome, Error, MsgSent, PrivateMessage, ActiveUsers, GroupCreated, GroupInvite,
-    GroupJoined, GroupSent, GroupMessage, Bye, TransferReady, TransferOffer,
+    GroupJoined, GroupSent, GroupMessage, Bye, TransferReady, TransferOffer, TransferEnded,
 )
 Request = Union[
     CheckUser, Login, MsgTo, ActiveUser, CreateGroup, JoinGroup, GroupMsg, Logout, P2PVideo,

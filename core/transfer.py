@@ -331,6 +331,15 @@ class Sender(_Endpoint[SenderEvent]):
             return 0
         return min(room * self._chunk - len(self._partial), self.size - self._fed)
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of DATA datagrams kept for resending (at most ``max_in_flight``)."""
+        return len(self._store) * (self._chunk + _HEADER + self._tag)
+
+    def payload_within(self, held: int) -> int:
+        """File bytes whose DATA datagrams take at most ``held`` bytes."""
+        return max(0, held) // (self._chunk + _HEADER + self._tag) * self._chunk
+
     def feed(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Take the next ``len(data) <= want_data()`` bytes of the file and queue them as DATA.
 
@@ -466,7 +475,7 @@ class Sender(_Endpoint[SenderEvent]):
         if datagram_size < MIN_DATAGRAM_SIZE:
             self._fail(f"the receiver accepts only {max_datagram}-byte datagrams", now, tell_peer=True)
             return
-        self._chunk = datagram_size - wire.DATA_HEADER_SIZE
+        self._chunk = datagram_size - wire.DATA_HEADER_SIZE - self._tag  # the tag is inside the size
         if -(-self.size // self._chunk) > _MAX_CHUNKS:
             self._fail("the file is too large for this datagram size", now, tell_peer=True)
             return
@@ -844,7 +853,7 @@ class Receiver(_Endpoint[ReceiverEvent]):
         if self._chunk:
             self._fail("the sender changed its chunk size", now, tell_peer=True)
             return False
-        if not 1 <= chunk <= self._max_datagram - wire.DATA_HEADER_SIZE:
+        if not 1 <= chunk <= self._max_datagram - wire.DATA_HEADER_SIZE - self._tag:
             self._fail(f"the sender's chunk size {chunk} is outside the advertised limit", now, tell_peer=True)
             return False
         total = -(-self._span // chunk)
@@ -858,7 +867,8 @@ class Receiver(_Endpoint[ReceiverEvent]):
         self._window_chunks = max(1, min(self._window // chunk, MAX_WINDOW_CHUNKS))
         # The sender's window in chunks: acknowledge four times per window, so the sender
         # always has room to send while the next ACK is on its way.
-        sender_window = max(1, min(self._window // footprint(chunk + wire.DATA_HEADER_SIZE), MAX_WINDOW_CHUNKS))
+        sender_window = max(1, min(self._window // footprint(chunk + wire.DATA_HEADER_SIZE + self._tag),
+                                   MAX_WINDOW_CHUNKS))
         self._ack_every = max(1, sender_window // 4)
         return True
 
