@@ -211,14 +211,20 @@ class _Endpoint(Generic[_Event]):
     def _seal(self, body: bytes) -> bytes:
         return wire.seal(body, self._mac)
 
-    def _authentic(self, datagram: bytes) -> bytes | None:
-        """``datagram`` without its tag if it is this transfer's and authentic, else None."""
+    def _accepted(self, datagram: bytes, now: float) -> bytes | None:
+        """``datagram`` without its tag if it is this transfer's, authentic and still to be
+        acted on; None if it is to be ignored or was answered by lingering."""
         if len(datagram) < _COMMON_SIZE or datagram[0] != _MAGIC or datagram[2:18] != self.transfer_id:
             return None
         mac = self._mac
-        if mac is None:
-            return datagram
-        return datagram[: -wire.TAG_SIZE] if mac.check(datagram) else None
+        if mac is not None:
+            if not mac.check(datagram):
+                return None
+            datagram = datagram[: -wire.TAG_SIZE]
+        if self._over:
+            self._linger(datagram[1], now)
+            return None
+        return datagram
 
     def _fail(self, reason: str, now: float, *, tell_peer: bool) -> None:
         abort = self._seal(wire.encode_abort(self.transfer_id, reason))
@@ -415,14 +421,12 @@ class Sender(_Endpoint[SenderEvent]):
 
     def receive(self, datagram: bytes, now: float) -> None:
         """Handle one datagram from the receiver; anything malformed, foreign or forged is ignored."""
-        authentic = self._authentic(datagram)
-        if authentic is None:
+        accepted = self._accepted(datagram, now)
+        if accepted is None:
             return
-        datagram = authentic
+        datagram = accepted
         kind = datagram[1]
-        if self._over:
-            self._linger(kind, now)
-        elif kind == _ACK:
+        if kind == _ACK:
             self._on_ack(datagram, now)
         elif kind == Kind.HELLO:
             self._on_hello(datagram, now)

@@ -104,14 +104,12 @@ class Receiver(_Endpoint[ReceiverEvent]):
             if mac is None or mac.check(datagram):
                 self._on_data(datagram, now)  # nearly every datagram: keep its path short
             return
-        authentic = self._authentic(datagram)
-        if authentic is None:
+        accepted = self._accepted(datagram, now)
+        if accepted is None:
             return
-        datagram = authentic
+        datagram = accepted
         kind = datagram[1]
-        if self._over:
-            self._linger(kind, now)
-        elif kind == _FIN:
+        if kind == _FIN:
             self._on_fin(datagram, now)
         elif kind == _ABORT:
             self._fail(f"sender aborted: {wire.decode_abort(datagram)}", now, tell_peer=False)

@@ -72,15 +72,16 @@ class ByteCounter:
 def test_a_killed_audience_started_again_gets_only_the_missing_part(
     server: ServerProcess, start: Start, tmp_path: Path
 ) -> None:
-    size = 6 * 1024 * 1024
+    size = 16 * 1024 * 1024
     yoda, luke = start(server, "Yoda", *SLOW), start(server, "Luke")
     data = make_file(yoda.workdir / "big.bin", size)
     yoda.command("/p2pvideo Luke big.bin")
-    wait_for(lambda: recorded(luke.workdir, "Yoda_big.bin") >= size * 0.4, timeout=120, what="40% recorded")
-    luke.stop()  # killed about half way
+    partial_file(luke, least=size // 2)
+    wait_for(lambda: recorded(luke.workdir, "Yoda_big.bin") > 0, timeout=30, what="a resume record")
+    luke.stop()  # killed about half way (its record, rewritten once a second, may be a little behind)
     yoda.output.expect(r"Error\. Transfer of big\.bin to Luke failed: Luke left", timeout=10)
     held = recorded(luke.workdir, "Yoda_big.bin")
-    assert size * 0.4 <= held < size
+    assert 0 < held < size
     # started again in the same directory (its stale-file sweep keeps a fresh partial file)
     luke = start(server, "Luke")
     assert files(luke) == [".Yoda_big.bin.part", ".Yoda_big.bin.part.resume"]
@@ -92,8 +93,8 @@ def test_a_killed_audience_started_again_gets_only_the_missing_part(
         yoda.command("/p2pvideo Luke big.bin")
         percent = 100 * held // size
         line = luke.output.expect(rf"Resuming big\.bin at {percent}% \(.* already here\)", timeout=30)
-        assert re.fullmatch(rf"Resuming big\.bin at {percent}% \([\d.]+ MiB of 6\.0 MiB already here\)", line)
-        yoda.output.expect(rf"Resuming big\.bin at {percent}% \([\d.]+ MiB of 6\.0 MiB already at Luke\)")
+        assert re.fullmatch(rf"Resuming big\.bin at {percent}% \([\d.]+ MiB of 16\.0 MiB already here\)", line)
+        yoda.output.expect(rf"Resuming big\.bin at {percent}% \([\d.]+ MiB of 16\.0 MiB already at Luke\)")
         luke.output.expect(r"Received big\.bin from Yoda \(saved as Yoda_big\.bin\)", timeout=120)
         yoda.output.expect("big.bin has been uploaded", timeout=30)
         sent = counter.bytes() if counter else None
@@ -107,4 +108,6 @@ def test_a_killed_audience_started_again_gets_only_the_missing_part(
     # 200-byte datagrams carry 158 bytes of the file (42 of header and tag)
     payload = sent * 158 // 200
     missing = size - held
+    print(f"resumed at {held} of {size} bytes; the second send carried {payload} bytes of the file "
+          f"for {missing} missing")
     assert missing <= payload <= 1.25 * missing, (payload, missing)
