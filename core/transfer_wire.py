@@ -65,6 +65,9 @@ def peek_transfer_id(datagram: bytes) -> bytes | None:
     return None
 
 
+_compare_digest = hmac.compare_digest  # constant time: a tag is never compared byte by byte
+
+
 class Mac:
     """HMAC-SHA256 (RFC 2104) under one transfer's key, truncated to ``TAG_SIZE`` bytes.
 
@@ -81,11 +84,14 @@ class Mac:
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
-    def tag(self, *parts: bytes | memoryview) -> bytes:
-        """The tag of the concatenation of ``parts``."""
+    def tag(self, head: bytes | memoryview, tail: bytes | memoryview = b"") -> bytes:
+        """The tag of ``head`` followed by ``tail`` (a DATA's header and chunk, unjoined).
+
+        Two parts, not any number: this runs for every datagram, where a loop and a call
+        more are measurable."""
         inner = self._inner.copy()
-        for part in parts:
-            inner.update(part)
+        inner.update(head)
+        inner.update(tail)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()[:TAG_SIZE]
@@ -96,10 +102,14 @@ class Mac:
 
     def check(self, datagram: bytes) -> bool:
         """True if ``datagram`` ends with the right tag of the bytes before it."""
-        if len(datagram) < _COMMON_SIZE + TAG_SIZE:
-            return False
         end = len(datagram) - TAG_SIZE
-        return hmac.compare_digest(self.tag(memoryview(datagram)[:end]), datagram[end:])
+        if end < _COMMON_SIZE:
+            return False
+        inner = self._inner.copy()
+        inner.update(memoryview(datagram)[:end])
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return _compare_digest(outer.digest()[:TAG_SIZE], datagram[end:])
 
 
 def seal(body: bytes, mac: Mac | None) -> bytes:

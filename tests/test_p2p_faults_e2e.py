@@ -1,6 +1,7 @@
-"""Fast failure and resume with real processes (issue 12): a client killed mid-transfer is
-reported to its peer by the server at once; a killed audience, started again, gets only
-the missing part of the file when it is sent again."""
+"""Transfers under faults, with real processes (issues 11 and 12): a client killed
+mid-transfer is reported to its peer by the server at once; a killed audience, started
+again, gets only the missing part of the file when it is sent again; a flood of offers
+leaves a receiver responsive and its file descriptors alone."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from core.messages import P2PVideo, TransferReady
+from core.transfer_wire import TAG_SIZE, Kind, decode_abort
 from tests.harness import ServerProcess, wait_for
+from tests.test_server import login
 from tests.test_p2p_e2e import SLOW, Start, files, make_file, partial_file, start, udp_port  # noqa: F401
 
 KEPT = r" \(the \d+% received is kept: sending the file again resumes there\)"
@@ -111,3 +116,41 @@ def test_a_killed_audience_started_again_gets_only_the_missing_part(
     print(f"resumed at {held} of {size} bytes; the second send carried {payload} bytes of the file "
           f"for {missing} missing")
     assert missing <= payload <= 1.25 * missing, (payload, missing)
+
+
+def test_an_offer_flood_leaves_the_receiver_responsive_and_its_file_descriptors_alone(
+    server: ServerProcess, start: Start
+) -> None:
+    luke = start(server, "Luke", "--max-incoming", "4")
+    descriptors = f"/proc/{luke.process.pid}/fd"
+    before = len(os.listdir(descriptors))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:  # the flooder's UDP side
+        udp.bind(("127.0.0.1", 0))
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        yoda = login(server, "Yoda", udp.getsockname()[1])  # a hostile client, speaking the protocol
+        try:
+            yoda.send(*[P2PVideo("Luke", f"f{n}.bin", 10**9) for n in range(1000)])
+            readies = [yoda.recv() for _ in range(1000)]
+            assert all(isinstance(r, TransferReady) for r in readies)
+
+            def declined() -> int:
+                return sum("already receiving 4 files" in line for line in luke.output.lines)
+
+            wait_for(lambda: declined() == 996, timeout=60, what="996 offers declined")
+            assert len(os.listdir(descriptors)) <= before + 4  # one file per accepted offer, no more
+            luke.output.cursor = len(luke.output.lines)
+            assert [l for l in luke.command("/activeuser") if l.startswith("Yoda, ")]  # and it answers
+            udp.settimeout(5)
+            kinds: dict[int, int] = {}
+            aborts = []
+            while kinds.get(Kind.ABORT, 0) < 996 or kinds.get(Kind.HELLO, 0) < 4:
+                datagram = udp.recv(65536)
+                kinds[datagram[1]] = kinds.get(datagram[1], 0) + 1
+                if datagram[1] == Kind.ABORT:
+                    aborts.append(datagram)
+            assert kinds[Kind.ABORT] >= 996 and kinds.get(Kind.HELLO, 0) >= 4  # HELLOs repeat
+            assert decode_abort(aborts[0][:-TAG_SIZE]) == "the receiver is already receiving 4 files"
+        finally:
+            yoda.close()
+    # the four accepted offers fail as soon as the server says Yoda left; their files go
+    wait_for(lambda: len(os.listdir(descriptors)) <= before, timeout=30, what="the files closed")
