@@ -43,7 +43,7 @@ from core.transfer_wire import MAX_DATAGRAM as MAX_UDP_PAYLOAD
 from core.transfers import DEFAULT_MAX_INCOMING, DEFAULT_MAX_RECEIVE_SIZE, TransferEngine
 from core.udp_batching import NO_GSO, READ_SIZE, SOL_UDP, UDP_GRO, UDP_SEGMENT, gro_segment_size, gso_run_end
 from shell.console import Console, Line, ReadlineConsole, open_console
-from shell.storage import DiskStorage, write_chunks  # noqa: F401 (write_chunks: the bench's)
+from shell.storage import DiskStorage
 
 CONNECT_TIMEOUT = 10.0
 READ_CHUNK = 64 * 1024

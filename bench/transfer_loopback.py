@@ -16,7 +16,7 @@ without (no key: the cost of the MACs is the ratio of the two, from the same run
 What the client does at the edges is the client's own code, not a copy: datagrams go
 through ``client.DatagramPort`` (batched by the kernel: UDP GSO/GRO;
 ``--no-offload`` sends and reads one per system call), files are written by
-``client.write_chunks``, and each process keeps freed memory as ``client.py`` does.
+``shell.storage.write_chunks``, and each process keeps freed memory as ``client.py`` does.
 
 Each side's CPU seconds are printed too: sender and receiver each need a core, so on a
 machine where other work holds a core the rate falls towards size / (sum of both).
@@ -44,7 +44,7 @@ from typing import Any, Sequence, Union
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client import DatagramPort, keep_freed_memory, write_chunks
+from client import DatagramPort, keep_freed_memory
 from core.transfer import (
     Completed,
     Data,
@@ -56,6 +56,7 @@ from core.transfer import (
     peek_transfer_id,
 )
 from core.transfer_wire import DATA_HEADER_SIZE, TAG_SIZE, Kind
+from shell.storage import write_chunks
 
 _DATA = int(Kind.DATA)
 

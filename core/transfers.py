@@ -12,7 +12,7 @@ keyed by the 16-byte transfer id the server issued, and decides everything aroun
 which datagrams reach which state machine (the right id *and* the announced address, or
 nothing happens), what a received file is called and whether it may be saved at all, the
 receive window each download may use, how much of a file to read per turn, and which lines
-the user sees. It does no I/O of its own: files go through a ``Storage`` (``client.py``
+the user sees. It does no I/O of its own: files go through a ``Storage`` (``shell/storage.py``
 has the disk one; tests use a dictionary), sockets and clocks belong to the shell.
 
 Naming: a file ``NAME`` from ``PRESENTER`` is saved as ``PRESENTER_NAME`` in the receive
@@ -40,7 +40,7 @@ from typing import Any
 from .client_session import Address, Datagrams, Effect, Print, Status, Upload
 from .messages import TransferEnded, TransferOffer
 from .progress import Progress, human_size, percent, progress_line, resuming
-from .transfer_files import Sink, Source, Storage, refusal, safe_component, temporary_name  # noqa: F401
+from .transfer_files import Sink, Source, Storage, refusal, temporary_name
 from .transfer import (
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_WINDOW, GIVE_UP, Completed, Data, Failed, Receiver, Sender,
     datagram_size_for, footprint, peek_transfer_id,

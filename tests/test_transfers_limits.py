@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from core.client_session import Datagrams, Upload
+from core.client_session import Upload
 from core.messages import TransferEnded, TransferOffer, TransferReady, TransferTarget
 from core.transfer import Receiver, Sender, State
 from core.transfer_wire import TAG_SIZE, Kind, decode_abort, encode_hello
