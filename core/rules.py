@@ -101,7 +101,7 @@ def parse_credentials(text: str) -> dict[str, str]:
     return accounts
 
 
-MAX_REMEMBERED_TRANSFERS = 256  # per user: a transfer older than its 256 successors has ended
+MAX_REMEMBERED_TRANSFERS = 64  # per user (bounded memory): one older than its 64 successors is over
 
 
 def _remember_transfer(session: Session, transfer_id: str, other: ConnId) -> None:
