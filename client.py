@@ -454,6 +454,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--keep-partial", metavar="HOURS", type=float, default=24.0,
                         help="partial files of interrupted transfers older than this are deleted when "
                              "the client starts (default 24)")
+    parser.add_argument("--no-transfer-mac", dest="transfer_mac", action="store_false",
+                        help="benchmarks only: transfer datagrams without MACs (unauthenticated; the peer "
+                             "must use this flag too, or nothing gets through)")
     parser.add_argument("--simulate-loss", metavar="FRACTION", type=float, default=0.0,
                         help="testing: drop this fraction (0-1) of the UDP datagrams this client sends")
     args = parser.parse_args(argv)
@@ -564,7 +567,7 @@ def main(argv: list[str]) -> int:
     transfers = TransferEngine(
         storage, receive_window=granted * 3 // 4, datagram_size=args.datagram_size,
         max_receive_size=args.max_receive_size, show_progress=isinstance(console, ReadlineConsole),
-        max_incoming=args.max_incoming,
+        max_incoming=args.max_incoming, authenticate=args.transfer_mac,
     )
     client = Client(console, server, udp, session, transfers, simulate_loss=args.simulate_loss)
     try:

@@ -45,7 +45,7 @@ from .transfer import (
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_WINDOW, GIVE_UP, Completed, Data, Failed, Receiver, Sender,
     datagram_size_for, footprint, peek_transfer_id,
 )
-from .transfer_wire import COMMON, HELLO, MAX_DATAGRAM, MAX_REASON_BYTES, TAG_SIZE, Kind, Mac, encode_abort
+from .transfer_wire import COMMON, HELLO, MAX_DATAGRAM, MAX_REASON_BYTES, TAG_SIZE, Kind, Mac, encode_abort, seal
 
 DEFAULT_MAX_RECEIVE_SIZE = 4 * 1024**3  # 4 GiB
 READ_BLOCK = 1 << 20  # file bytes read and fed to one sender per loop turn
@@ -127,7 +127,8 @@ class TransferEngine:
     anything to accept). ``max_receive_size``: larger offers are refused.
     ``show_progress``: emit ``Status`` lines (only when the console is a terminal).
     ``max_incoming``: downloads at once. ``max_in_flight`` / ``max_in_flight_total``: bytes an
-    upload / all uploads together keep for resending.
+    upload / all uploads together keep for resending. ``authenticate=False`` (benchmarks
+    only, and both peers must agree) ignores the server's keys: datagrams carry no MAC.
     """
 
     def __init__(
@@ -143,6 +144,7 @@ class TransferEngine:
         max_incoming: int = DEFAULT_MAX_INCOMING,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_in_flight_total: int = DEFAULT_MAX_IN_FLIGHT,
+        authenticate: bool = True,
     ) -> None:
         self.storage = storage
         self.receive_window = receive_window
@@ -153,6 +155,7 @@ class TransferEngine:
         self.max_incoming = max_incoming
         self.max_in_flight = max_in_flight
         self.max_in_flight_total = max_in_flight_total
+        self.authenticate = authenticate
         self._transfers: dict[bytes, _Transfer] = {}
         self._block = memoryview(bytearray(read_block))  # every file is read into this one
         self._hungry = False  # a sender could take more of its file right now
@@ -193,7 +196,7 @@ class TransferEngine:
             peer = (target.ip, target.udp_port)
             size = self.datagram_size or datagram_size_for(target.ip)
             sender = Sender(transfer_id, request.size, now, datagram_size=size, give_up=self.give_up,
-                            key=bytes.fromhex(target.key), max_in_flight=self.max_in_flight)
+                            key=self._key(target.key), max_in_flight=self.max_in_flight)
             transfer = _Transfer(sender, peer, filename, target.audience, request.size, now)
             transfer.job = job
             if transfer_id in self._transfers:  # the server repeated an id: never mix two transfers
@@ -223,7 +226,7 @@ class TransferEngine:
             return [Print(f"Error. Refused {offer.filename} from {offer.presenter}: invalid transfer id.")]
         if transfer_id in self._transfers:
             return []  # the same offer again: it is under way already
-        key = bytes.fromhex(offer.key)  # the schema checked: 64 hex digits
+        key = self._key(offer.key)
         peer = (offer.ip, offer.udp_port)
         if self._incoming() >= self.max_incoming:
             return self._decline(offer, transfer_id, key, peer)
@@ -476,6 +479,10 @@ class TransferEngine:
             except OSError:
                 pass
 
+    def _key(self, text: str) -> bytes | None:
+        """A transfer's key as the server gave it (the schema checked: 64 hex digits)."""
+        return bytes.fromhex(text) if self.authenticate else None
+
     def _incoming(self) -> int:
         return sum(1 for t in self._transfers.values() if isinstance(t.endpoint, Receiver) and not t.over)
 
@@ -484,14 +491,14 @@ class TransferEngine:
         held = sum(t.endpoint.held_bytes for t in self._transfers.values() if isinstance(t.endpoint, Sender))
         return self.max_in_flight_total - held
 
-    def _decline(self, offer: TransferOffer, transfer_id: bytes, key: bytes, peer: Address) -> list[Effect]:
+    def _decline(self, offer: TransferOffer, transfer_id: bytes, key: bytes | None, peer: Address) -> list[Effect]:
         """Too many downloads already: one authenticated ABORT tells the presenter, and no
         file, HELLO or state is spent on the offer."""
         reason = f"the receiver is already receiving {self.max_incoming} files"
         effects: list[Effect] = [Print(f"Error. Refused {offer.filename} from {offer.presenter}: "
                                        f"already receiving {self.max_incoming} files (--max-incoming).")]
         if offer.udp_port:
-            effects.append(Datagrams([Mac(key).seal(encode_abort(transfer_id, reason))], peer))
+            effects.append(Datagrams([seal(encode_abort(transfer_id, reason), Mac(key) if key else None)], peer))
         return effects
 
     def _open_sink(self, final: str, transfer_id: bytes, size: int

@@ -485,6 +485,17 @@ def test_a_hello_from_elsewhere_is_not_used() -> None:
     assert yoda.engine._transfers[bytes.fromhex(tid(1))].endpoint.state is State.SETUP
 
 
+def test_without_authentication_both_sides_send_no_tags_and_the_file_arrives() -> None:
+    net = Net()
+    yoda, luke = net.add(YODA, authenticate=False), net.add(LUKE, authenticate=False)
+    data = os.urandom(20_000)
+    send(net, yoda, [luke], "f", data)
+    net.run(lambda: "f has been uploaded" in yoda.lines)
+    assert luke.storage.files["Yoda_f"] == data
+    hello = next(d for d, _ in luke.sent if d[1] == Kind.HELLO)
+    assert decode_hello(hello) is not None  # no tag after the fields
+
+
 def test_a_repeated_offer_is_ignored() -> None:
     luke = Net().add(LUKE)
     offer = TransferOffer("Yoda", "f", 10, *YODA, tid(1), key(1))
