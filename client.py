@@ -34,6 +34,7 @@ from core.client_session import (
     Address, Ask, ClientSession, Datagrams, Download, Effect, Exit, Print, Prompt, Send, Status,
     Transfers, Upload,
 )
+from core.completion import Names, candidates
 from core.framing import FrameDecoder, FrameError, encode as frame
 from core.messages import Message, SchemaError, encode, replies
 from core.render import printable
@@ -63,9 +64,11 @@ class Client:
         session: ClientSession,
         transfers: Transfers,
         *,
+        names: Names | None = None,
         simulate_loss: float = 0.0,
     ) -> None:
         self.console = console
+        self.names = names or Names()  # heard from the server, for Tab completion
         self.server = server
         self.udp = udp
         self.session = session
@@ -77,6 +80,9 @@ class Client:
         self._lose = random.Random().random
         self.exit_code: int | None = None
         self.interrupted = False
+        self.resized = False
+        self._stdin_open = True  # until end of input
+        self._stdin_watched = True
         self._lines: list[str] = []  # lines to show, gathered so the prompt is redrawn once
         self._status: str | None = None  # the transfers' progress line (terminals only)
         self._status_changed = False
@@ -94,8 +100,13 @@ class Client:
         signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
+        if hasattr(signal, "SIGWINCH"):
+            signal.signal(signal.SIGWINCH, self._on_resize)
         self._apply(self.session.start(), time.monotonic())
         while self.exit_code is None:
+            if self.resized:
+                self.resized = False
+                self.console.resize()
             if self.interrupted:
                 self.interrupted = False
                 self._apply(self.session.interrupt(time.monotonic()), time.monotonic())
@@ -103,6 +114,7 @@ class Client:
                 self._feed(self.console.read_secret(Prompt.PASSWORD))
             if self.exit_code is not None:
                 break
+            self._watch_stdin()
             for key, mask in self.selector.select(self._timeout()):
                 key.data(mask)
                 if self.exit_code is not None:
@@ -118,6 +130,9 @@ class Client:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.interrupted = True  # acted on by the loop; the wakeup fd ends its select
+
+    def _on_resize(self, signum: int, frame: FrameType | None) -> None:
+        self.resized = True  # as for _on_signal
 
     def _on_wakeup(self, mask: int) -> None:
         try:
@@ -135,12 +150,24 @@ class Client:
         for line in lines:
             now = time.monotonic()
             if line is None:
-                self.selector.unregister(self.console.fileno())  # it would stay readable forever
+                self._stdin_open = False  # it would stay readable forever
+                self._watch_stdin()
                 self._apply(self.session.end_of_input(now), now)
             else:
                 self._apply(self.session.line(line, now), now)
             if self.exit_code is not None:
                 return
+
+    def _watch_stdin(self) -> None:
+        """Read stdin only while the console wants a line: keys typed meanwhile wait in the
+        terminal for the next prompt."""
+        wanted = self._stdin_open and self.console.wants_input
+        if wanted != self._stdin_watched:
+            self._stdin_watched = wanted
+            if wanted:
+                self.selector.register(self.console.fileno(), selectors.EVENT_READ, self._on_stdin)
+            else:
+                self.selector.unregister(self.console.fileno())
 
     # --- the server ----------------------------------------------------------------------
 
@@ -169,6 +196,7 @@ class Client:
             except SchemaError as exc:
                 self._apply(self.session.bad_message(str(exc)), now)
                 return
+            self.names.observe(message)
             self._apply(self.session.received(message, now), now)
             if self.exit_code is not None:
                 return
@@ -618,7 +646,8 @@ def main(argv: list[str]) -> int:
     udp = bind_udp(args.udp_port)
     server = connect(args.server_ip, args.server_port)
     session = ClientSession(udp.getsockname()[1], file_size=regular_file_size)
-    console = open_console(sys.stdout)
+    names = Names()
+    console = open_console(sys.stdout, lambda before, word: candidates(before, word, names, session.username))
     # Incoming transfers may fill 3/4 of the receive buffer the kernel really granted (the
     # rest is room for the ACKs of our own uploads); the engine shares it among them.
     granted = udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
@@ -626,7 +655,7 @@ def main(argv: list[str]) -> int:
         DiskStorage(args.receive_dir), receive_window=granted * 3 // 4, datagram_size=args.datagram_size,
         max_receive_size=args.max_receive_size, show_progress=isinstance(console, ReadlineConsole),
     )
-    client = Client(console, server, udp, session, transfers, simulate_loss=args.simulate_loss)
+    client = Client(console, server, udp, session, transfers, names=names, simulate_loss=args.simulate_loss)
     try:
         return client.run()
     except BrokenPipeError:  # whoever read our output has gone; the server logs us out

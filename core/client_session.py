@@ -298,7 +298,7 @@ class ClientSession:
         if isinstance(command, commands.Rejected):
             return [Print(command.error), Ask(Prompt.COMMAND)]
         if isinstance(command, commands.Help):
-            return [*self._print(commands.help_lines()), Ask(Prompt.COMMAND)]
+            return [*self._print(commands.help_lines(command.command)), Ask(Prompt.COMMAND)]
         if isinstance(command, commands.Logout):
             return self._leave(now)
         request = self._request(command)
