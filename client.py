@@ -31,8 +31,8 @@ from types import FrameType
 from typing import NoReturn, Sequence
 
 from core.client_session import (
-    Address, Ask, ClientSession, Datagrams, Download, Effect, Exit, Print, Prompt, Send, Status,
-    Transfers, Upload,
+    Address, Ask, ClientSession, Connect, Datagrams, Download, Effect, Exit, Print, Prompt, Send,
+    Status, Transfers, Upload,
 )
 from core.completion import Names, candidates
 from core.framing import FrameDecoder, FrameError, encode as frame
@@ -69,7 +69,9 @@ class Client:
     ) -> None:
         self.console = console
         self.names = names or Names()  # heard from the server, for Tab completion
-        self.server = server
+        self.server: socket.socket | None = server  # None while reconnecting
+        self._server_address = server.getpeername()  # where to reconnect, resolved once
+        self._server_family = server.family
         self.udp = udp
         self.session = session
         self.transfers = transfers
@@ -184,6 +186,7 @@ class Client:
         except OSError:
             data = b""
         if not data:
+            self._drop_server()
             self._apply(self.session.connection_lost(now), now)
             return
         try:
@@ -204,6 +207,8 @@ class Client:
             self._apply(self.session.bad_message(str(broken)), now)
 
     def _send(self, message: Message) -> None:
+        if self.server is None:
+            return  # lost: the session knows, and sends nothing until it has logged in again
         self.out += frame(encode(message))
         self._write_server()
 
@@ -213,7 +218,7 @@ class Client:
         except BlockingIOError:
             sent = 0
         except OSError:
-            self.out.clear()
+            self._drop_server()
             now = time.monotonic()
             self._apply(self.session.connection_lost(now), now)
             return
@@ -221,6 +226,38 @@ class Client:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
         if self.selector.get_key(self.server).events != events:
             self.selector.modify(self.server, events, self._on_server)
+
+    def _drop_server(self) -> None:
+        """Forget the connection to the server (lost, or an attempt to reconnect failed)."""
+        if self.server is not None:
+            self.selector.unregister(self.server)
+            self.server.close()
+            self.server = None
+        self.out.clear()
+        self.decoder = FrameDecoder(MAX_REPLY_FRAME)
+
+    def _connect(self, now: float) -> None:
+        """Start connecting to the server again without blocking: done when writable."""
+        sock = socket.socket(self._server_family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        error = sock.connect_ex(self._server_address)
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._apply(self.session.connect_failed(now), now)
+            return
+        self.server = sock
+        self.selector.register(sock, selectors.EVENT_WRITE, self._on_connected)
+
+    def _on_connected(self, mask: int) -> None:
+        now = time.monotonic()
+        assert self.server is not None
+        if self.server.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._drop_server()
+            self._apply(self.session.connect_failed(now), now)
+            return
+        self.server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.selector.modify(self.server, selectors.EVENT_READ, self._on_server)
+        self._apply(self.session.connected(now), now)
 
     # --- UDP -----------------------------------------------------------------------------
 
@@ -293,6 +330,8 @@ class Client:
                     self._apply(self.transfers.upload(effect, now), now)
                 case Download(offer):
                     self._apply(self.transfers.download(offer, now), now)
+                case Connect():
+                    self._connect(now)
                 case Status(text):
                     self._status = text  # drawn once, below the lines shown with it
                     self._status_changed = True
@@ -325,7 +364,8 @@ class Client:
         signal.set_wakeup_fd(-1)
         self.selector.close()
         for sock in (self._wakeup, self._wakeup_write, self.server, self.udp):
-            sock.close()
+            if sock is not None:
+                sock.close()
         self.console.close()
 
 
@@ -549,6 +589,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-receive-size", metavar="SIZE", default=str(DEFAULT_MAX_RECEIVE_SIZE),
                         help="refuse files larger than this; bytes, or with a K, M, G or T suffix "
                              "(powers of 1024; default: 4G)")
+    parser.add_argument("--reconnect", action=argparse.BooleanOptionalAction, default=None,
+                        help="when the connection to the server is lost, try again (1, 2, 4 ... 30 s "
+                             "apart) and log in again (default: on a terminal only; otherwise the "
+                             "client exits, as scripts expect)")
     parser.add_argument("--simulate-loss", metavar="FRACTION", type=float, default=0.0,
                         help="testing: drop this fraction (0-1) of the UDP datagrams this client sends")
     args = parser.parse_args(argv)
@@ -645,7 +689,8 @@ def main(argv: list[str]) -> int:
     sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets "?"
     udp = bind_udp(args.udp_port)
     server = connect(args.server_ip, args.server_port)
-    session = ClientSession(udp.getsockname()[1], file_size=regular_file_size)
+    reconnect = sys.stdin.isatty() if args.reconnect is None else args.reconnect
+    session = ClientSession(udp.getsockname()[1], file_size=regular_file_size, reconnect=reconnect)
     names = Names()
     console = open_console(sys.stdout, lambda before, word: candidates(before, word, names, session.username))
     # Incoming transfers may fill 3/4 of the receive buffer the kernel really granted (the

@@ -330,8 +330,9 @@ class ReadlineConsole:
         encoded = text.encode(self._encoding, "replace")
         self._prompt_text = text
         if self._installed:
+            self._hide()
             self._set_prompt(encoded)
-            self._redisplay()
+            self._reveal()
         else:
             self._install(encoded, self._handler)
             self._installed = True
