@@ -42,7 +42,8 @@ from core.transfer import MIN_DATAGRAM_SIZE
 from core.transfer_wire import MAX_DATAGRAM as MAX_UDP_PAYLOAD
 from core.transfers import DEFAULT_MAX_RECEIVE_SIZE, TransferEngine
 from core.udp_batching import NO_GSO, READ_SIZE, SOL_UDP, UDP_GRO, UDP_SEGMENT, gro_segment_size, gso_run_end
-from shell.console import Console, Line, ReadlineConsole, open_console
+from shell.console import Console, Line, ReadlineConsole, open_console, take_terminal
+from shell.receive_dir import USERNAME, ReceiveDirectory
 
 CONNECT_TIMEOUT = 10.0
 READ_CHUNK = 64 * 1024
@@ -534,7 +535,7 @@ def write_chunks(fd: int, chunks: list[memoryview]) -> None:
 class DiskStorage:
     """``core.transfers.Storage`` on the disk: received files go to ``directory``."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = directory
 
     def open_source(self, path: str) -> DiskSource:
@@ -581,7 +582,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("udp_port", metavar="CLIENT_UDP_PORT",
                         help="UDP port for files from other clients (0: let the OS choose)")
     parser.add_argument("--receive-dir", default=".",
-                        help="where received files are saved (default: the working directory)")
+                        help="where received files are saved (default: the working directory); "
+                             f"{USERNAME} in it stands for the user, and the directory is made")
     parser.add_argument("--datagram-size", metavar="BYTES",
                         help=f"size of the UDP datagrams a file is sent in, and the largest accepted "
                              f"({MIN_DATAGRAM_SIZE}-{MAX_UDP_PAYLOAD}; default: {MAX_UDP_PAYLOAD} to a "
@@ -598,7 +600,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.server_port = _port(args.server_port, "server port", 1)
     args.udp_port = _port(args.udp_port, "UDP port", 0)
-    if not os.path.isdir(args.receive_dir):
+    if USERNAME not in args.receive_dir and not os.path.isdir(args.receive_dir):
         fail(f"Cannot use {args.receive_dir} to receive files: it is not a directory", 2)
     if args.datagram_size is not None:
         text = args.datagram_size
@@ -697,10 +699,12 @@ def main(argv: list[str]) -> int:
     # rest is room for the ACKs of our own uploads); the engine shares it among them.
     granted = udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     transfers = TransferEngine(
-        DiskStorage(args.receive_dir), receive_window=granted * 3 // 4, datagram_size=args.datagram_size,
+        DiskStorage(ReceiveDirectory(args.receive_dir, lambda: session.username)),
+        receive_window=granted * 3 // 4, datagram_size=args.datagram_size,
         max_receive_size=args.max_receive_size, show_progress=isinstance(console, ReadlineConsole),
     )
     client = Client(console, server, udp, session, transfers, names=names, simulate_loss=args.simulate_loss)
+    give_back_terminal = take_terminal()
     try:
         return client.run()
     except BrokenPipeError:  # whoever read our output has gone; the server logs us out
@@ -708,6 +712,7 @@ def main(argv: list[str]) -> int:
         return 1
     finally:
         client.close()
+        give_back_terminal()
 
 
 if __name__ == "__main__":

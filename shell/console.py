@@ -355,6 +355,35 @@ def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
+def take_terminal() -> Callable[[], None]:
+    """Make this process the terminal's foreground process group, so that Ctrl-C reaches
+    the client alone and not a ``make`` that started it (which would report an error though
+    the client logged out cleanly); returns how to give the terminal back.
+
+    Nothing happens when stdin is no terminal, when the process already leads its group (a
+    shell's job) or is not in the foreground."""
+    try:
+        previous = os.tcgetpgrp(0)
+        if previous != os.getpgrp() or os.getpid() == os.getpgrp():
+            return lambda: None
+        os.setpgid(0, 0)
+        _set_foreground(os.getpgrp())
+    except OSError:
+        return lambda: None
+    return lambda: _set_foreground(previous)
+
+
+def _set_foreground(group: int) -> None:
+    # a process outside the foreground group is stopped by SIGTTOU when it changes it
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(0, group)
+    except OSError:
+        pass  # the group is gone: the shell takes the terminal back itself
+    finally:
+        signal.signal(signal.SIGTTOU, previous)
+
+
 def open_console(out: TextIO, complete: Completer | None = None) -> Console:
     if os.isatty(0) and out.isatty():
         try:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import ctypes
 import re
+import shutil
 import socket
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from core.messages import Login, MsgTo, PrivateMessage, TransferOffer, Welcome
-from tests.harness import PASSWORDS, ServerProcess, WireClient
+from tests.client_harness import ClientProcess
+from tests.harness import PASSWORDS, ROOT, ServerProcess, WireClient
 from tests.terminal_harness import (
     PyteTerminal, Terminal, TmuxTerminal, client_argv, prompt_rows, rows_of,
 )
@@ -195,3 +198,28 @@ def test_joined_emoji_are_sent_and_invisible_characters_are_named(
     yoda.type("/creategroup café Luke\r")
     rows = yoda.wait_for("Error. Group name must contain only letters and digits.")
     assert not any("control characters" in row for row in rows)
+
+
+# --- 9. make run-client ----------------------------------------------------------------------
+
+def test_make_run_client_saves_in_received_username_and_ctrl_c_ends_it_cleanly(
+        server: ServerProcess, tmp_path: Path, terminals: list[Terminal]) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    argv = ["make", "-s", "-C", str(ROOT), "run-client", f"PORT={server.port}", f"PYTHON={sys.executable}",
+            f"DIR={tmp_path}/received/{{username}}"]
+    yoda = PyteTerminal(argv, tmp_path / "yoda")
+    terminals.append(yoda)
+    yoda.login("Yoda")
+    luke = ClientProcess(server.port, tmp_path / "luke").login("Luke")
+    try:
+        (luke.workdir / "clip.mp4").write_bytes(b"\2" * 100_000)
+        luke.type("/p2pvideo Yoda clip.mp4")
+        yoda.wait_for("Received clip.mp4 from Luke")
+        assert (tmp_path / "received" / "Yoda" / "Luke_clip.mp4").read_bytes() == b"\2" * 100_000
+        yoda.type("\x03")  # Ctrl-C: the client logs out; make, which started it, is not interrupted
+        yoda.wait_for("Bye, Yoda!")
+        assert yoda.exit_code() == 0
+        assert not any("make" in row for row in yoda.rows())
+    finally:
+        luke.stop()
