@@ -191,16 +191,17 @@ class ReadlineConsole:
         self.wants_input = False  # a prompt waits for a line
         self._status: str | None = None  # the progress line
         self._status_shown = ""  # the progress line as drawn, "" when not drawn
-        self._columns = self._terminal_columns()
+        self._columns = self._terminal_size().columns
 
     def fileno(self) -> int:
         return 0
 
-    def _terminal_columns(self) -> int:
+    def _terminal_size(self) -> os.terminal_size:
         try:
-            return os.get_terminal_size(self.out.fileno()).columns or 80
+            size = os.get_terminal_size(self.out.fileno())
         except (OSError, ValueError):
-            return 80
+            return os.terminal_size((80, 24))
+        return size if size.columns else os.terminal_size((80, 24))
 
     # --- input ---------------------------------------------------------------------------
 
@@ -298,10 +299,12 @@ class ReadlineConsole:
         the rows above the cursor are counted that way. (Terminals that cut rows instead, like
         xterm, may keep a stale row or lose one above the prompt when narrowed.)
         """
-        columns = self._terminal_columns()
+        size = self._terminal_size()
+        columns = size.columns
         if columns == self._columns:
             return
         self._columns = columns
+        self._set_screen_size(size.lines, columns)  # readline's own idea of it
         if not self._installed:
             return
         typed = (self._line_buffer.value or b"")[:self._point.value].decode(self._encoding, "replace")
@@ -312,7 +315,6 @@ class ReadlineConsole:
         self.out.write("\r" + (f"\x1b[{up}A" if up else "") + "\x1b[J")
         self.out.flush()
         self._status_shown = ""
-        self._set_screen_size(os.get_terminal_size(self.out.fileno()).lines, columns)
         # readline lays the prompt out over rows when it is set: set it again at the new width
         self._set_prompt(self._prompt_text.encode(self._encoding, "replace"))
         self._reveal()
