@@ -8,16 +8,12 @@ Both wait on what the screen shows, never for a fixed time.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
 import select
 import shutil
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,6 +22,7 @@ import pyte
 
 from core.commands import COMMAND_PROMPT
 from core.screen import wrap
+from tests.client_harness import spawn_on_pty, stop_on_pty
 from tests.harness import PASSWORDS, ROOT, TIMEOUT
 
 TIMESTAMP = re.compile(r"\d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d")
@@ -95,17 +92,8 @@ class PyteTerminal(Terminal):
     """client.py on a pty of its own, ``columns`` x ``lines``, its output read by pyte."""
 
     def __init__(self, argv: list[str], workdir: Path, columns: int = 80, lines: int = 24) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
         self.columns = columns
-        self.master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
-        self.process = subprocess.Popen(
-            argv, cwd=workdir, stdin=slave, stdout=slave, stderr=slave,
-            env={**os.environ, "TERM": "xterm", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"},
-            # a session of its own with the pty as controlling terminal: Ctrl-C raises SIGINT
-            start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-        )
-        os.close(slave)
+        self.process, self.master = spawn_on_pty(argv, workdir, columns, lines)
         self.screen = pyte.Screen(columns, lines)
         self.stream = pyte.ByteStream(self.screen)
         self.raw = b""  # everything written to the terminal
@@ -148,10 +136,7 @@ class PyteTerminal(Terminal):
         return self.process.wait(timeout)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        os.close(self.master)
+        stop_on_pty(self.process, self.master)
 
 
 class TmuxTerminal(Terminal):
