@@ -363,7 +363,8 @@ def take_terminal() -> Callable[[], None]:
     the client logged out cleanly); returns how to give the terminal back.
 
     Nothing happens when stdin is no terminal, when the process already leads its group (a
-    shell's job) or is not in the foreground."""
+    shell's job) or is not in the foreground. When it does, Ctrl-Z is ignored: it would stop
+    the client alone, and the shell, waiting for make, would never get the terminal back."""
     try:
         previous = os.tcgetpgrp(0)
         if previous != os.getpgrp() or os.getpid() == os.getpgrp():
@@ -372,6 +373,7 @@ def take_terminal() -> Callable[[], None]:
         _set_foreground(os.getpgrp())
     except OSError:
         return lambda: None
+    signal.signal(signal.SIGTSTP, signal.SIG_IGN)
     return lambda: _set_foreground(previous)
 
 
