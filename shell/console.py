@@ -276,7 +276,7 @@ class ReadlineConsole:
         self._clear_line()  # leaves the cursor at the start of the input line's first row
         self._libc.fflush(None)  # readline writes through C stdio, this file through Python's
         if self._status_shown:
-            self.out.write("\x1b[A\r\x1b[J")
+            self.out.write("\x1b[A\r\x1b[K")  # the input line below is already clear
             self.out.flush()
             self._status_shown = ""
 
