@@ -315,7 +315,11 @@ class Server:
             if conn.conn_id not in self.connections or conn.closing:
                 continue
             conn.held = False
-            replies = self.chat.resume(conn.conn_id, now)
+            try:
+                replies = self.chat.resume(conn.conn_id, now)
+            except Exception:  # as in _handle: a bug costs one connection, never the server
+                traceback.print_exc()
+                replies = self._reject(conn, "Error. Internal server error.")
             effects += replies
             if replies and type(replies[-1]) is Hold:
                 self._hold(conn, replies[-1].until)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from core.framing import FrameDecoder
-from core.messages import CreateGroup, Error, GroupCreated, Login, Welcome
+from core.messages import ActiveUser, ActiveUsers, CreateGroup, Error, GroupCreated, Login, Welcome
 from tests.harness import CREDENTIALS, PASSWORDS, ROOT, TIMEOUT, ServerProcess, WireClient
 from tests.test_server import login
 
@@ -56,6 +56,20 @@ def test_failed_logins_from_one_address_are_slowed_and_other_addresses_are_not(t
             assert isinstance(reply, Error) and reply.code == "invalid_password", reply
         # 3 at once, then 4 a second: the last of 15 guesses no sooner than 3 s after the first
         assert time.monotonic() - start >= (len(users) - 3) / 4 - 0.05
+    finally:
+        server.stop()
+
+
+def test_requests_sent_behind_a_held_login_wait_for_it_and_keep_their_order(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, 3, "--failed-login-burst", "1", "--failed-login-rate", "2")
+    try:
+        client = ClientFrom(server.port, ATTACKER)
+        start = time.monotonic()
+        client.send(Login("Yoda", "typo", 7000), Login("Yoda", PASSWORDS["Yoda"], 7000), ActiveUser())
+        assert client.recv() == Error("invalid_password", "Invalid Password. Please try again")
+        assert client.recv() == Welcome("Yoda")  # put off half a second, then handled...
+        assert time.monotonic() - start >= 0.5 - 0.05
+        assert client.recv() == ActiveUsers([])  # ...and what came after it only after it
     finally:
         server.stop()
 
