@@ -80,18 +80,34 @@ def write_chunks(fd: int, chunks: list[Any]) -> None:
 
 
 class DiskStorage:
-    """Received files go to ``directory``; names passed in are plain names inside it."""
+    """Received files go to ``directory`` (a path, or a ``shell.receive_dir.ReceiveDirectory``
+    named only once the user is known); names passed in are plain names inside it.
 
-    def __init__(self, directory: str) -> None:
+    ``keep_partial``: seconds; the first time a file is received into a directory, partial
+    files there untouched for longer are deleted (``clean_stale``) -- in effect at the
+    client's start, for the directory is known only after login."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, keep_partial: float | None = None) -> None:
         self.directory = directory
+        self.keep_partial = keep_partial
+        self._swept: set[str] = set()
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
+
+    def _sweep(self) -> None:
+        if self.keep_partial is None:
+            return
+        directory = os.fspath(self.directory)
+        if directory not in self._swept:
+            self._swept.add(directory)
+            self.clean_stale(self.keep_partial)
 
     def open_source(self, path: str) -> DiskSource:
         return DiskSource(path)
 
     def create(self, name: str) -> DiskSink:
+        self._sweep()
         return DiskSink(self._path(name))
 
     def commit(self, temporary: str, final: str) -> None:
@@ -115,6 +131,7 @@ class DiskStorage:
     def resume(self, name: str, size: int) -> tuple[int, Any, DiskSink] | None:
         """The partial copy ``name`` of a ``size``-byte file, if one is recorded and its bytes
         check out: (bytes held, a SHA-256 object fed them, a sink appending after them)."""
+        self._sweep()
         try:
             with open(self._path(name + SIDECAR)) as file:
                 record = json.load(file)
@@ -145,7 +162,7 @@ class DiskStorage:
         """Delete partial files and their records not touched for ``max_age`` seconds (a
         transfer that was never resumed); the names deleted."""
         now = time.time() if now is None else now
-        removed = []
+        removed: list[str] = []
         try:
             names = os.listdir(self.directory)
         except OSError:
