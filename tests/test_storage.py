@@ -74,3 +74,17 @@ def test_the_progress_text() -> None:
     assert [clock(s) for s in (0, 7.4, 754, 3723)] == ["0:00", "0:07", "12:34", "1:02:03"]
     assert resuming("clip.mp4", 96 * mib, 200 * mib, "here") == \
         "Resuming clip.mp4 at 48% (96.0 MiB of 200.0 MiB already here)"
+
+
+def test_the_sweep_runs_once_when_the_directory_is_first_received_into(tmp_path: Path) -> None:
+    old = tmp_path / ".Yoda_old.part"
+    old.write_bytes(b"stale")
+    day_ago = time.time() - 25 * 3600
+    os.utime(old, (day_ago, day_ago))
+    storage = DiskStorage(str(tmp_path), keep_partial=24 * 3600)
+    assert old.exists()  # nothing is touched before a file is received
+    storage.create(".Yoda_new.part").close()
+    assert sorted(os.listdir(tmp_path)) == [".Yoda_new.part"]
+    os.utime(tmp_path / ".Yoda_new.part", (day_ago, day_ago))
+    storage.create(".Yoda_next.part").close()
+    assert len(os.listdir(tmp_path)) == 2  # once per directory, not per file
