@@ -33,12 +33,15 @@ import traceback
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NoReturn, TextIO
+from typing import TYPE_CHECKING, Callable, NoReturn, TextIO
 
 from core import logformat, passwords
 from core.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode as frame
 from core.messages import MAX_PASSWORD, Code, Error, Message, SchemaError, encode, requests, valid_password
 from core.rules import Announce, Append, Chat, Close, Effect, Send, parse_credentials
+
+if TYPE_CHECKING:
+    from shell.cluster import Node as ClusterNode
 
 # One flooding client cannot starve the rest: per turn it gets one read and at most
 # FRAMES_PER_TURN of its requests handled; until its decoder holds no whole frame it is not
@@ -145,17 +148,23 @@ class Logs:
 
 
 class Server:
-    def __init__(self, listener: socket.socket, chat: Chat, logs: Logs, limits: Limits, console: TextIO | None) -> None:
+    def __init__(self, listener: socket.socket, chat: Chat, logs: Logs, limits: Limits, console: TextIO | None,
+                 cluster: "ClusterNode | None" = None) -> None:
         self.listener = listener
+        self.selector = selectors.DefaultSelector()
+        # --- cluster seam (--redis): the node's chat and logs stand in for this process's own
+        self.cluster = cluster
+        if cluster is not None:
+            logs = cluster.attach(self.selector, logs)
+            chat = cluster.chat
         self.chat = chat
         self.logs = logs
         self.limits = limits
         self.console = console
-        self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ)
         self.connections: dict[int, Connection] = {}
         self.login_queue: deque[Connection] = deque()  # connect order is deadline order
-        self.next_id = 1
+        self.next_id = 1 if cluster is None else cluster.first_conn_id  # ids unique cluster-wide
         self.userlog_version = -1
         self.accept_resume: float | None = None  # while accepting is paused: when to try again
         self._backlog: dict[Connection, None] = {}  # read, and maybe holding whole frames not yet handled
@@ -177,6 +186,9 @@ class Server:
             if conn is None:
                 self._accept(now)
                 continue
+            if type(conn) is not Connection:  # a Redis link of the cluster seam
+                conn.handle_event(mask, now)
+                continue
             if mask & selectors.EVENT_WRITE:
                 self._write(conn)
             if mask & selectors.EVENT_READ and not conn.closing and conn not in self._backlog:
@@ -184,10 +196,14 @@ class Server:
         for conn in list(self._backlog):
             effects += self._handle(conn, now)
         effects += self._expire_logins(now)
+        if self.cluster is not None:
+            effects += self.cluster.tick(now)  # what the shared chat decided, this node's share
         if self.accept_resume is not None and now >= self.accept_resume:
             self.accept_resume = None
             self.selector.register(self.listener, selectors.EVENT_READ)
         self._apply(effects, now)
+        if self.cluster is not None:
+            self.cluster.flush()  # after the turn's log lines are written
 
     def _timeout(self) -> float | None:
         if self._backlog:
@@ -197,6 +213,8 @@ class Server:
         deadlines = [self.login_queue[0].login_deadline] if self.login_queue else []
         if self.accept_resume is not None:
             deadlines.append(self.accept_resume)
+        if self.cluster is not None:
+            deadlines.append(self.cluster.deadline())
         return max(0.0, min(deadlines) - time.time()) if deadlines else None
 
     # --- input ---------------------------------------------------------------------------
@@ -410,6 +428,8 @@ class Server:
         self.listener.close()
         self.logs.close()
         self.logs.write_userlog("")
+        if self.cluster is not None:
+            self.cluster.shutdown()
 
 
 # --- start-up ----------------------------------------------------------------------------
@@ -472,6 +492,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fsync", action="store_true",
                         help="fsync the logs every turn before acknowledging: messages survive a power cut")
     parser.add_argument("--quiet", action="store_true", help="print nothing but start-up errors")
+    parser.add_argument("--redis", metavar="URL",
+                        help="run as a node of the cluster sharing redis://HOST:PORT/DB (needs hiredis; see README)")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="listen with SO_REUSEPORT, so several nodes on one host share SERVER_PORT")
     parser.add_argument("--hash-password", action="store_true",
                         help="read a password (without echo on a terminal, else one line of stdin), "
                              "print its hashed entry for credentials.txt and exit")
@@ -529,9 +553,11 @@ def raise_file_limit(wanted: int) -> int:
     return wanted if soft == resource.RLIM_INFINITY else min(wanted, soft - RESERVED_FDS)
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # the kernel spreads new connections over every node listening on the port
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         listener.bind((host, port))
     except OSError as exc:
@@ -555,6 +581,18 @@ def load_accounts(path: Path) -> dict[str, str]:
     return accounts
 
 
+def join_cluster(args: argparse.Namespace, accounts: dict[str, str], history: dict[str, int]) -> "ClusterNode":
+    """The cluster seam: start as a node (one bounded, blocking exchange with Redis before the loop)."""
+    try:
+        from shell import cluster  # the optional extra: hiredis
+    except ImportError:
+        fail("The cluster mode (--redis) needs hiredis: pip install '.[cluster]' (or pip install hiredis)")
+    try:
+        return cluster.start(args.redis, accounts, args.attempts, args.block_seconds, history)
+    except cluster.ClusterError as exc:
+        fail(str(exc))
+
+
 def main(argv: list[str]) -> int:
     args = parse_arguments(argv)
     if args.hash_password:
@@ -564,7 +602,8 @@ def main(argv: list[str]) -> int:
     logs = Logs(data_dir, args.fsync)
     try:
         history = logs.recover()
-        logs.write_userlog("")
+        if not args.redis:  # a cluster's userlog.txt is its log writer's to write
+            logs.write_userlog("")
     except OSError as exc:
         fail(f"Cannot use the data directory {data_dir}: {exc.strerror}")
     max_connections = raise_file_limit(args.max_connections)
@@ -574,9 +613,10 @@ def main(argv: list[str]) -> int:
         print(f"Serving at most {max_connections} connections: the open-file limit allows no more", file=sys.stderr)
     limits = Limits(args.max_frame, min(LOGIN_FRAME, args.max_frame), args.login_timeout, args.max_output,
                     max_connections)
-    listener = listen(args.host, args.port)
+    cluster = join_cluster(args, accounts, history) if args.redis else None
+    listener = listen(args.host, args.port, args.reuse_port)
     chat = Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history)
-    server = Server(listener, chat, logs, limits, None if args.quiet else sys.stdout)
+    server = Server(listener, chat, logs, limits, None if args.quiet else sys.stdout, cluster)
     host, port = listener.getsockname()
     print(f"TESSENGER server listening on {host}:{port} ({len(accounts)} accounts, "
           f"{args.attempts} attempts before blocking)", flush=True)

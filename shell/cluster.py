@@ -1,0 +1,484 @@
+"""Cluster mode (``--redis URL``): several server processes that behave as one server.
+
+The nodes share one totally ordered log of events, a Redis Stream, and each runs the same
+``core.rules.Chat`` over it: a replicated state machine. Every connect, request and disconnect
+is appended (XADD) by the node the client is on, and applied by every node (XREAD) in stream
+order with the entry's own time as ``now``. So lockout, one session per user, login order,
+message numbers and groups are the same on every node by construction, and the rules never
+learn that Redis exists. Each node then carries out only its share of the effects: replies to
+its own connections, console lines of its own requests, and, on the one node holding the
+writer lease, the log lines. See README, "Cluster", for the picture and the reasoning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import selectors
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+from core.messages import Code, Error, Request, SchemaError, encode, requests
+from core.rules import Announce, Append, Chat, Close, Effect, Send
+
+from .redis_link import RedisLink
+from .resp import Address, ReplyError, call_blocking, parse_url
+
+PREFIX = "tessenger:"
+STREAM = PREFIX + "log"  # the replicated event log
+META = PREFIX + "meta"  # the cluster's settings, fixed by its first node
+NODES = PREFIX + "nodes"  # INCR: a fresh id per node process
+WRITER = PREFIX + "writer"  # the log writer's lease: its node id, with a TTL
+
+HEARTBEAT_TTL = 2.0  # a node silent this long is dead; its users are logged out
+TICK = 0.4  # heartbeat, lease renewal and sweep period
+LEASE_MARGIN = 0.5  # stop writing this long before the lease could have passed to another node
+SWEEP_GRACE = HEARTBEAT_TTL + 1.5  # after (re)connecting: let every node renew its heartbeat first
+READ_BATCH = 1000  # entries per XREAD
+READ_BLOCK_MS = 1000
+START_TIMEOUT = 3.0
+CONN_BITS = 32  # a connection id is NODE << CONN_BITS | local number: unique cluster-wide
+
+UNAVAILABLE = "Error. The server cannot reach its Redis right now. Please try again in a moment."
+LOST = "Error. This server lost contact with the cluster and was declared dead. Please log in again."
+
+# entry kinds; an entry is b"KIND ORIGIN SEQ TARGET REST" in the stream field "m"
+CONNECT, REQUEST, DISCONNECT, NODE_DEAD, WRITTEN = b"c", b"r", b"d", b"x", b"w"
+
+# acquire the lease if free, renew it if ours; 1 when we hold it
+LEASE_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""
+
+EntryId = tuple[int, int]
+
+
+class ClusterError(Exception):
+    """A node cannot join its cluster; the message is the one line to print."""
+
+
+def node_of(conn: int) -> int:
+    return conn >> CONN_BITS
+
+
+def heartbeat_key(node: int) -> str:
+    return f"{PREFIX}node:{node}"
+
+
+def parse_entry_id(raw: bytes) -> EntryId:
+    ms, _, seq = raw.partition(b"-")
+    return int(ms), int(seq)
+
+
+def fingerprint(accounts: dict[str, str], attempts: int, block_seconds: float) -> str:
+    """What every node of one cluster must agree on for the rules to decide alike."""
+    return hashlib.sha256(json.dumps([sorted(accounts.items()), attempts, block_seconds]).encode()).hexdigest()
+
+
+def start(url: str, accounts: dict[str, str], attempts: int, block_seconds: float,
+          history: dict[str, int]) -> "Node":
+    """Join (or found) the cluster: the one bounded, blocking exchange, before the loop runs.
+
+    Raises ClusterError with the line to print when Redis is unreachable or disagrees.
+    """
+    try:
+        address = parse_url(url)
+    except ValueError as exc:
+        raise ClusterError(f"Invalid --redis URL: {exc}") from None
+    mine = fingerprint(accounts, attempts, block_seconds)
+    founding = json.dumps({"fingerprint": mine, "history": history, "secret": secrets.token_hex(32)})
+    try:
+        replies = call_blocking(address, [("SET", META, founding, "NX"), ("GET", META), ("INCR", NODES)], START_TIMEOUT)
+    except OSError as exc:
+        raise ClusterError(f"Cannot reach Redis at {address}: {exc.strerror or exc}") from None
+    problem = next((r for r in replies if isinstance(r, ReplyError)), None)
+    if problem is not None:
+        raise ClusterError(f"Redis at {address} refused to start this node: {problem}")
+    meta = json.loads(replies[1])
+    if meta["fingerprint"] != mine:
+        raise ClusterError("This node's credentials.txt, attempts or --block-seconds differ from its cluster's")
+    return Node(address, replies[2], accounts, attempts, block_seconds, meta["history"], bytes.fromhex(meta["secret"]))
+
+
+class Node:
+    """This process's place in the cluster: its two Redis links and its replica of the chat."""
+
+    def __init__(self, address: Address, node_id: int, accounts: dict[str, str], attempts: int,
+                 block_seconds: float, history: dict[str, int], secret: bytes) -> None:
+        self.address = address
+        self.id = node_id
+        self.first_conn_id = (node_id << CONN_BITS) + 1
+        self._secret = secret
+        self.replica = Chat(accounts, attempts, block_seconds=block_seconds, history=history,
+                            new_transfer_id=self._transfer_id)
+        self.chat = SharedChat(self)
+        self.logs: Any = None  # the server's Logs, once attached
+        self.selector: selectors.BaseSelector | None = None
+        self.commands: RedisLink | None = None  # XADD, heartbeat, lease, sweep
+        self.reader: RedisLink | None = None  # XREAD BLOCK only: a blocked read holds up its connection
+        self._seq = 0  # numbers this node's entries: a retried XADD is applied once
+        self._unconfirmed: deque[bytes] = deque()  # entries whose XADD is not answered yet, in order
+        self._last_seq: dict[int, int] = {}  # per origin node: the last entry applied
+        self._last_read = b"0-0"  # a new node replays the stream from its start
+        self._applied: EntryId = (0, 0)
+        self._local: set[int] = set()  # this node's connections
+        self._ended: set[int] = set()  # connections the rules closed: their later requests are void
+        self._effects: list[Effect] = []  # for the server's next turn
+        # effects of entries whose log lines are not yet on disk, with the entries after them
+        self._held: deque[tuple[EntryId, bool, list[Effect]]] = deque()
+        self._written: EntryId = (0, 0)  # the writer's mark: entries up to here are logged
+        self._unwritten: deque[tuple[EntryId, Append]] = deque()  # log lines past the mark (for a takeover)
+        self._writer_until = 0.0  # this node writes the logs while now < this
+        self._mark_due = False  # the writer wrote lines its mark does not cover yet
+        self._last_numbers: dict[str, int] = {}  # the writer's last number per log file
+        self.writer_epoch = 0
+        self._next_tick = 0.0
+        self._ready_since: float | None = None
+        self._declared: set[int] = set()  # nodes this node reported dead
+        self._entry_raw = b""
+        self._transfers_in_entry = 0
+        self.closed = False
+
+    def attach(self, selector: selectors.BaseSelector, logs: Any) -> "WriterLogs":
+        """Join the server's loop; return the logs the server is to write through."""
+        self.selector = selector
+        self.logs = logs
+        self.commands = RedisLink(self.address, selector, self._commands_ready, self._link_down)
+        self.reader = RedisLink(self.address, selector, self._read_next, self._link_down)
+        return WriterLogs(logs, self)
+
+    @property
+    def available(self) -> bool:
+        assert self.commands is not None and self.reader is not None
+        return self.commands.ready and self.reader.ready
+
+    def is_writer(self) -> bool:
+        return not self.closed and time.time() < self._writer_until
+
+    # --- called by the server's loop -----------------------------------------------------
+
+    def tick(self, now: float) -> list[Effect]:
+        """Timers, and the effects the Redis replies of this turn produced."""
+        assert self.commands is not None and self.reader is not None
+        self.commands.poll(now)
+        self.reader.poll(now)
+        if now >= self._next_tick and self.commands.ready:
+            self._next_tick = now + TICK
+            self._heartbeat(now)
+        effects, self._effects = self._effects, []
+        return effects
+
+    def deadline(self) -> float:
+        assert self.commands is not None and self.reader is not None
+        times = [self._next_tick, *(t for t in (self.commands.deadline(), self.reader.deadline()) if t is not None)]
+        return min(times)
+
+    def flush(self) -> None:
+        """After the server wrote this turn's effects: publish the writer's mark, send requests."""
+        assert self.commands is not None and self.reader is not None
+        if self._mark_due and self.commands.ready:
+            self._mark_due = False
+            self._submit(WRITTEN, 0, b"%d-%d" % self._written)
+        self.commands.flush()
+        self.reader.flush()
+
+    def shutdown(self) -> None:
+        """A clean stop: report this node gone at once (a bounded blocking send; the loop is over)."""
+        self.closed = True
+        self._seq += 1
+        gone = b"%s %d %d %d " % (NODE_DEAD, self.id, self._seq, self.id)
+        for link in (self.commands, self.reader):
+            if link is not None:
+                link.close()
+        try:
+            call_blocking(self.address, [("XADD", STREAM, "*", "m", gone), ("DEL", heartbeat_key(self.id)),
+                                         ("EVAL", "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                                                  "redis.call('DEL', KEYS[1]) end", 1, WRITER, self.id)], 1.0)
+        except OSError:
+            pass  # the others find out from the heartbeat within HEARTBEAT_TTL
+
+    # --- entries this node appends --------------------------------------------------------
+
+    def _submit(self, kind: bytes, target: int, rest: bytes) -> None:
+        self._seq += 1
+        entry = b"%s %d %d %d %s" % (kind, self.id, self._seq, target, rest)
+        self._unconfirmed.append(entry)
+        if self.commands is not None and self.commands.ready:
+            self._xadd(entry)
+
+    def _xadd(self, entry: bytes) -> None:
+        assert self.commands is not None
+        self.commands.send("XADD", STREAM, "*", "m", entry, callback=self._confirmed)
+
+    def _confirmed(self, reply: Any) -> None:
+        if isinstance(reply, ReplyError):  # e.g. out of memory: keep it, retry on a new connection
+            assert self.commands is not None
+            self.commands.reset()
+            return
+        self._unconfirmed.popleft()
+
+    def connect(self, conn: int, ip: str) -> None:
+        # the session exists here at once (the server looks at it); the others add it in order
+        self.replica.connect(conn, ip)
+        self._local.add(conn)
+        self._submit(CONNECT, conn, ip.encode())
+
+    def request(self, conn: int, request: Request) -> list[Effect]:
+        if not self.available:
+            return [Send((conn,), Error(Code.COMMAND, UNAVAILABLE))]
+        self._submit(REQUEST, conn, encode(request))
+        return []  # the effects come when the entry comes back from the stream
+
+    def disconnect(self, conn: int) -> list[Effect]:
+        self._local.discard(conn)
+        self._submit(DISCONNECT, conn, b"")
+        return []
+
+    # --- Redis links ---------------------------------------------------------------------
+
+    def _commands_ready(self) -> None:
+        for entry in self._unconfirmed:  # those that landed before the link broke are skipped when read
+            self._xadd(entry)
+        self._next_tick = 0.0
+        self._became_ready()
+
+    def _link_down(self) -> None:
+        self._ready_since = None
+
+    def _became_ready(self) -> None:
+        if self._ready_since is None and self.commands is not None and self.reader is not None and self.available:
+            self._ready_since = time.time()
+
+    def _heartbeat(self, now: float) -> None:
+        assert self.commands is not None
+        ttl_ms = int(HEARTBEAT_TTL * 1000)
+        self.commands.send("SET", heartbeat_key(self.id), 1, "PX", ttl_ms)
+        self.commands.send("EVAL", LEASE_SCRIPT, 1, WRITER, self.id, ttl_ms,
+                           callback=lambda reply: self._lease(reply, now))
+        if self._ready_since is not None and now - self._ready_since >= SWEEP_GRACE:
+            self._sweep()
+
+    def _lease(self, reply: Any, sent_at: float) -> None:
+        if reply != 1:
+            self._writer_until = 0.0
+            return
+        taking_over = not self.is_writer()
+        self._writer_until = sent_at + HEARTBEAT_TTL - LEASE_MARGIN
+        if taking_over and not self.closed:
+            self._take_over()
+
+    def _sweep(self) -> None:
+        """Report nodes whose users are online here but whose heartbeat has expired."""
+        assert self.commands is not None
+        others = sorted({node_of(c) for c in self.replica.sessions} - {self.id})
+        self._declared &= set(others)
+        if others:
+            self.commands.send("MGET", *map(heartbeat_key, others), callback=lambda beats: self._swept(others, beats))
+
+    def _swept(self, nodes: list[int], beats: Any) -> None:
+        if isinstance(beats, ReplyError):
+            return
+        for node, beat in zip(nodes, beats):
+            if beat is None and node not in self._declared:
+                self._declared.add(node)
+                self._submit(NODE_DEAD, node, b"")
+
+    def _read_next(self) -> None:
+        assert self.reader is not None
+        self._became_ready()
+        self.reader.send("XREAD", "COUNT", READ_BATCH, "BLOCK", READ_BLOCK_MS, "STREAMS", STREAM, self._last_read,
+                         callback=self._entries)
+
+    def _entries(self, reply: Any) -> None:
+        assert self.reader is not None
+        if isinstance(reply, ReplyError):
+            self.reader.reset()
+            return
+        if reply:
+            for raw_id, fields in reply[0][1]:
+                self._last_read = raw_id
+                self._apply(raw_id, fields[1])
+        self._read_next()
+
+    # --- applying the stream -------------------------------------------------------------
+
+    def _apply(self, raw_id: bytes, entry: bytes) -> None:
+        kind, origin_text, seq_text, target_text, rest = entry.split(b" ", 4)
+        origin, seq = int(origin_text), int(seq_text)
+        if seq <= self._last_seq.get(origin, 0):
+            return  # an XADD retried after a lost reply had landed the first time
+        self._last_seq[origin] = seq
+        entry_id = parse_entry_id(raw_id)
+        self._applied = entry_id
+        now = entry_id[0] / 1000
+        target = int(target_text)
+        presence = self.replica.presence_version
+        effects: list[Effect]
+        if kind == REQUEST:
+            effects = self._apply_request(raw_id, target, rest, now)
+        elif kind == CONNECT:
+            if target not in self.replica.sessions:
+                self.replica.connect(target, rest.decode())
+            return
+        elif kind == DISCONNECT:
+            self._ended.discard(target)
+            effects = self.replica.disconnect(target, now)
+        elif kind == NODE_DEAD:
+            effects = self._node_dead(target, now)
+        elif kind == WRITTEN:
+            self._written = max(self._written, parse_entry_id(rest))
+            while self._unwritten and self._unwritten[0][0] <= self._written:
+                self._unwritten.popleft()
+            self._release()
+            return
+        else:
+            return  # a kind from a newer version: not ours to decide
+        self._deliver(entry_id, origin, effects, self.replica.presence_version != presence)
+
+    def _apply_request(self, raw_id: bytes, conn: int, payload: bytes, now: float) -> list[Effect]:
+        if conn in self._ended or conn not in self.replica.sessions:
+            return []  # sent after its connection's end, or its node was declared dead
+        try:
+            request = requests.decode(payload)  # validated by its node already
+        except SchemaError:
+            return []
+        self._entry_raw, self._transfers_in_entry = raw_id, 0
+        try:
+            effects = self.replica.handle(conn, request, now)
+        except Exception:  # a bug costs the connection, as on one server; every node does the same
+            if node_of(conn) == self.id:
+                traceback.print_exc()
+            effects = [Send((conn,), Error(Code.PROTOCOL, "Error. Internal server error.")), Close(conn)]
+        if effects and type(effects[-1]) is Close:
+            self._ended.add(effects[-1].conn)
+        return effects
+
+    def _node_dead(self, node: int, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for conn in sorted(c for c in self.replica.sessions if node_of(c) == node):
+            self._ended.discard(conn)
+            effects += self.replica.disconnect(conn, now)
+        if node == self.id and not self.closed:  # we were taken for dead: our users are logged out
+            for conn in sorted(self._local):
+                effects += [Send((conn,), Error(Code.PROTOCOL, LOST)), Close(conn)]
+        return effects
+
+    def _transfer_id(self) -> str:
+        """Transfer ids every node derives alike: a keyed hash of the entry and a counter."""
+        self._transfers_in_entry += 1
+        data = b"%s/%d" % (self._entry_raw, self._transfers_in_entry)
+        return hmac.new(self._secret, data, hashlib.sha256).hexdigest()[:32]
+
+    def _deliver(self, entry_id: EntryId, origin: int, effects: list[Effect], presence_changed: bool) -> None:
+        """Keep this node's share of an entry's effects, held back until its log lines are written."""
+        mine: list[Effect] = []
+        logged = presence_changed
+        writer = self.is_writer()
+        for effect in effects:
+            kind = type(effect)
+            if kind is Send:
+                conns = tuple(c for c in effect.conns if node_of(c) == self.id)
+                if conns:
+                    mine.append(effect if len(conns) == len(effect.conns) else Send(conns, effect.message))
+            elif kind is Append:
+                logged = True
+                if writer:
+                    if self._new_line(effect):
+                        mine.append(effect)
+                else:
+                    self._unwritten.append((entry_id, effect))
+            elif kind is Close:
+                if node_of(effect.conn) == self.id:
+                    mine.append(effect)
+            elif kind is Announce:
+                if origin == self.id:
+                    mine.append(effect)
+        if writer and logged:
+            # the server writes this turn's lines before it sends anything of the same turn
+            self._written = max(self._written, entry_id)
+            self._mark_due = True
+        self._held.append((entry_id, logged, mine))
+        self._release()
+
+    def _release(self) -> None:
+        held = self._held
+        while held and (not held[0][1] or held[0][0] <= self._written):
+            self._effects += held.popleft()[2]
+
+    def _new_line(self, append: Append) -> bool:
+        """The writer's guard: a numbered line at or below the file's last number is there already."""
+        if not append.line:
+            return True  # creates the file
+        number = int(append.line[: append.line.index(";")])
+        if number <= self._last_numbers.get(append.log, 0):
+            return False
+        self._last_numbers[append.log] = number
+        return True
+
+    def _take_over(self) -> None:
+        """This node now holds the writer lease: write what the last writer may not have."""
+        self.writer_epoch += 1
+        self._last_numbers = self.logs.recover()  # also cuts a line the last writer left torn
+        for _, append in self._unwritten:
+            if self._new_line(append):
+                self._effects.append(append)
+        self._unwritten.clear()
+        self._written = max(self._written, self._applied)
+        self._mark_due = True
+        self._release()
+
+
+class SharedChat:
+    """Stands where server.py expects its ``core.rules.Chat``.
+
+    Requests and connection events go to the stream and come back as effects through
+    ``Node.tick``; everything the server reads (``sessions`` and the rest) is the replica's.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node.replica, name)
+
+    def connect(self, conn: int, ip: str) -> None:
+        self._node.connect(conn, ip)
+
+    def handle(self, conn: int, request: Request, now: float) -> list[Effect]:
+        return self._node.request(conn, request)
+
+    def disconnect(self, conn: int, now: float) -> list[Effect]:
+        return self._node.disconnect(conn)
+
+    @property
+    def presence_version(self) -> object:
+        # only the writer rewrites userlog.txt; a new writer rewrites it at once
+        node = self._node
+        return (node.writer_epoch, node.replica.presence_version) if node.is_writer() else None
+
+
+class WriterLogs:
+    """The server's logs as seen from a node: userlog.txt is the writer's alone."""
+
+    def __init__(self, logs: Any, node: Node) -> None:
+        self._logs = logs
+        self._node = node
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logs, name)
+
+    def write_userlog(self, content: str) -> None:
+        if self._node.is_writer():
+            self._logs.write_userlog(content)
+
+    def close(self) -> None:
+        self._node.closed = True  # a stopping node writes nothing more, not even an empty userlog
+        self._logs.close()
+
