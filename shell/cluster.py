@@ -22,7 +22,8 @@ import traceback
 from collections import deque
 from typing import Any
 
-from core.messages import Code, Error, Request, SchemaError, encode, requests
+from core import passwords
+from core.messages import Code, Error, Login, Request, SchemaError, encode, requests
 from core.rules import Announce, Append, Chat, Close, Effect, Send
 
 from .redis_link import RedisLink
@@ -43,6 +44,7 @@ READ_BLOCK_MS = 1000
 START_TIMEOUT = 3.0
 CONN_BITS = 32  # a connection id is NODE << CONN_BITS | local number: unique cluster-wide
 
+WRONG_PASSWORD = "-"  # what a replica sees for a password that did not match
 UNAVAILABLE = "Error. The server cannot reach its Redis right now. Please try again in a moment."
 LOST = "Error. This server lost contact with the cluster and was declared dead. Please log in again."
 
@@ -116,7 +118,10 @@ class Node:
         self.id = node_id
         self.first_conn_id = (node_id << CONN_BITS) + 1
         self._secret = secret
-        self.replica = Chat(accounts, attempts, block_seconds=block_seconds, history=history,
+        self._accounts = accounts
+        # the replicas check login proofs, never passwords: no password enters the shared log
+        proofs = {username: self._proof_for(username) for username in accounts}
+        self.replica = Chat(proofs, attempts, block_seconds=block_seconds, history=history,
                             new_transfer_id=self._transfer_id)
         self.chat = SharedChat(self)
         self.logs: Any = None  # the server's Logs, once attached
@@ -141,6 +146,7 @@ class Node:
         self.writer_epoch = 0
         self._next_tick = 0.0
         self._ready_since: float | None = None
+        self._ever_ready = False
         self._declared: set[int] = set()  # nodes this node reported dead
         self._entry_raw = b""
         self._transfers_in_entry = 0
@@ -231,10 +237,26 @@ class Node:
         self._submit(CONNECT, conn, ip.encode())
 
     def request(self, conn: int, request: Request) -> list[Effect]:
-        if not self.available:
+        if self._ever_ready and not self.available:  # at start-up it waits for the first connect instead
             return [Send((conn,), Error(Code.COMMAND, UNAVAILABLE))]
+        if type(request) is Login:
+            request = Login(request.username, self._proof(request), request.udp_port)
         self._submit(REQUEST, conn, encode(request))
         return []  # the effects come when the entry comes back from the stream
+
+    def _proof_for(self, username: str) -> str:
+        return hmac.new(self._secret, b"login/" + username.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _proof(self, login: Login) -> str:
+        """The password checked here, once; the log carries only whether it was right.
+
+        A password check depends on nothing that changes, so checking it before the request
+        takes its place in the log decides as checking it there would.
+        """
+        stored = self._accounts.get(login.username)
+        if stored is not None and passwords.verify(login.password, stored):
+            return self._proof_for(login.username)
+        return WRONG_PASSWORD
 
     def disconnect(self, conn: int) -> list[Effect]:
         self._local.discard(conn)
@@ -255,6 +277,7 @@ class Node:
     def _became_ready(self) -> None:
         if self._ready_since is None and self.commands is not None and self.reader is not None and self.available:
             self._ready_since = time.time()
+            self._ever_ready = True
 
     def _heartbeat(self, now: float) -> None:
         assert self.commands is not None

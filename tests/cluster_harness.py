@@ -93,9 +93,9 @@ class RedisServer:
 class Node:
     """One server.py node; its console lines go to the cluster's merged output."""
 
-    def __init__(self, cluster: "Cluster", *flags: str) -> None:
+    def __init__(self, cluster: "Cluster", *flags: str, port: int = 0) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), "0", str(cluster.attempts), "--host", "127.0.0.1",
+            [sys.executable, str(ROOT / "server.py"), str(port), str(cluster.attempts), "--host", "127.0.0.1",
              "--data-dir", str(cluster.data_dir), "--redis", cluster.redis.url, *cluster.flags, *flags],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -147,6 +147,7 @@ class Cluster:
         self.data_dir = data_dir
         self.attempts = attempts
         self.flags = flags
+        data_dir.mkdir(parents=True, exist_ok=True)
         if not (data_dir / "credentials.txt").exists():
             shutil.copy(CREDENTIALS, data_dir / "credentials.txt")
         self.output = MergedLines()
