@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import CREDENTIALS, ROOT, TIMEOUT, LineReader, WireClient, wait_for
+from tests.harness import CREDENTIALS, ROOT, TIMEOUT, LineReader, ServerProcess, WireClient, wait_for
 
 REDIS_SERVER = shutil.which("redis-server")
 try:
@@ -90,7 +90,7 @@ class RedisServer:
                 self.process.wait()
 
 
-class Node:
+class Node(ServerProcess):
     """One server.py node; its console lines go to the cluster's merged output."""
 
     def __init__(self, cluster: "Cluster", *flags: str, port: int = 0) -> None:
@@ -107,19 +107,6 @@ class Node:
             raise AssertionError(f"the node did not start: {first!r}")
         self.port = int(found.group(1))
         cluster.output.follow(self.process.stdout)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
 
 
 class MergedLines(LineReader):

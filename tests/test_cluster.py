@@ -217,3 +217,15 @@ def test_nodes_share_one_port_with_reuse_port(redis_server: RedisServer, tmp_pat
         assert luke.recv().text == "one port"
     finally:
         cluster.stop()
+
+
+def test_without_hiredis_the_node_says_how_to_get_it(tmp_path: Path) -> None:
+    (tmp_path / "credentials.txt").write_text("Yoda pw\n")
+    hide_hiredis = ("import runpy, sys; sys.modules['hiredis'] = None; sys.argv = sys.argv[1:]; "
+                    "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", hide_hiredis, str(ROOT / "server.py"), "0", "3", "--data-dir",
+                             str(tmp_path), "--redis", "redis://127.0.0.1:1/0"],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode != 0
+    assert result.stderr.splitlines() == [
+        "The cluster mode (--redis) needs hiredis: pip install '.[cluster]' (or pip install hiredis)"]
