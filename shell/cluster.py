@@ -103,6 +103,7 @@ def start(url: str, accounts: dict[str, str], attempts: int, block_seconds: floa
     problem = next((r for r in replies if isinstance(r, ReplyError)), None)
     if problem is not None:
         raise ClusterError(f"Redis at {address} refused to start this node: {problem}")
+    replies = replies[len(address.handshake()):]
     meta = json.loads(replies[1])
     if meta["fingerprint"] != mine:
         raise ClusterError("This node's credentials.txt, attempts or --block-seconds differ from its cluster's")
@@ -150,7 +151,8 @@ class Node:
         self._declared: set[int] = set()  # nodes this node reported dead
         self._entry_raw = b""
         self._transfers_in_entry = 0
-        self.closed = False
+        self.closed = False  # stopping: write nothing more
+        self._data_lost = False
 
     def attach(self, selector: selectors.BaseSelector, logs: Any) -> "WriterLogs":
         """Join the server's loop; return the logs the server is to write through."""
@@ -198,6 +200,8 @@ class Node:
     def shutdown(self) -> None:
         """A clean stop: report this node gone at once (a bounded blocking send; the loop is over)."""
         self.closed = True
+        if self._data_lost:
+            return
         self._seq += 1
         gone = b"%s %d %d %d " % (NODE_DEAD, self.id, self._seq, self.id)
         for link in (self.commands, self.reader):
@@ -266,10 +270,18 @@ class Node:
     # --- Redis links ---------------------------------------------------------------------
 
     def _commands_ready(self) -> None:
+        assert self.commands is not None
+        self.commands.send("EXISTS", META, callback=self._meta_checked)
         for entry in self._unconfirmed:  # those that landed before the link broke are skipped when read
             self._xadd(entry)
         self._next_tick = 0.0
         self._became_ready()
+
+    def _meta_checked(self, reply: Any) -> None:
+        if reply == 0:  # a Redis restarted without its data: the shared log is gone
+            self._data_lost = True  # and this node must write nothing into the next cluster's
+            raise SystemExit(f"Redis at {self.address} lost the cluster's data (restarted without its AOF?); "
+                             "this node stops")
 
     def _link_down(self) -> None:
         self._ready_since = None

@@ -30,7 +30,7 @@ READ_CHUNK = 256 * 1024
 class State(Enum):
     DOWN = "down"  # no socket; retry at ``retry_at``
     CONNECTING = "connecting"  # non-blocking connect under way
-    HANDSHAKE = "handshake"  # SELECT and PING sent; ready when the PING is answered
+    HANDSHAKE = "handshake"  # (AUTH,) SELECT and PING sent; ready when the PING is answered
     READY = "ready"
 
 
@@ -157,7 +157,8 @@ class RedisLink:
             return
         self.state = State.HANDSHAKE
         self._parser = Parser()
-        self._queue(("SELECT", self.address.db), self._check_handshake)
+        for opening in self.address.handshake():  # AUTH, SELECT
+            self._queue(opening, self._check_handshake)
         self._queue(("PING",), self._handshake_done)
         self.flush()
 

@@ -48,35 +48,42 @@ class Address:
     host: str
     port: int
     db: int
+    password: str | None = None  # from redis://:PASSWORD@HOST:PORT/DB, for Redis's requirepass
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # never shows the password
         return f"redis://{self.host}:{self.port}/{self.db}"
+
+    def handshake(self) -> list[tuple[Arg, ...]]:
+        """What opens every connection: AUTH when there is a password, then SELECT."""
+        return [*([("AUTH", self.password)] if self.password else []), ("SELECT", self.db)]
 
 
 def parse_url(url: str) -> Address:
-    """``redis://HOST[:PORT][/DB]``; ValueError says what is wrong."""
+    """``redis://[:PASSWORD@]HOST[:PORT][/DB]``; ValueError says what is wrong."""
     parts = urlsplit(url)
     if parts.scheme != "redis" or not parts.hostname:
         raise ValueError(f"{url!r} is not redis://HOST:PORT/DB")
     db = parts.path.strip("/") or "0"
     if not db.isdigit():
         raise ValueError(f"{url!r}: the database must be a number")
-    return Address(parts.hostname, parts.port or 6379, int(db))
+    return Address(parts.hostname, parts.port or 6379, int(db), parts.password)
 
 
 def call_blocking(address: Address, commands: list[tuple[Arg, ...]], timeout: float) -> list[Any]:
     """Send ``commands`` over a fresh blocking connection and return their replies in order.
 
-    Only for start-up, before the event loop runs: the one place a node waits for Redis (each
-    step bounded by ``timeout``). Raises OSError when Redis cannot be reached in time.
+    Only for start-up and a clean stop, outside the event loop: the one place a node waits for
+    Redis (each step bounded by ``timeout``). Raises OSError when Redis cannot be reached in
+    time. The replies of the opening (AUTH, SELECT) come first.
     """
     with socket.create_connection((address.host, address.port), timeout=timeout) as sock:
-        sock.sendall(b"".join(command(*c) for c in [("SELECT", address.db), *commands]))
+        opening = address.handshake()
+        sock.sendall(b"".join(command(*c) for c in [*opening, *commands]))
         parser = Parser()
         replies: list[Any] = []
-        while len(replies) < len(commands) + 1:
+        while len(replies) < len(opening) + len(commands):
             data = sock.recv(65536)
             if not data:
                 raise ConnectionResetError("Redis closed the connection")
             replies += parser.feed(data)
-    return replies[1:]
+    return replies

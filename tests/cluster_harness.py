@@ -49,10 +49,11 @@ def free_port() -> int:
 class RedisServer:
     """redis-server on loopback with its AOF fsynced per write, in ``directory``."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.directory = directory
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.port = free_port()
+        self.password = password
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
         self.start()
 
@@ -60,7 +61,8 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"],
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for(self.ping, what="redis-server to answer")
@@ -69,13 +71,16 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
     def call(self, *words: str) -> bytes:
         """One inline command; its raw reply (enough for FLUSHALL and the like)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
+            if self.password:
+                sock.sendall(f"AUTH {self.password}\r\n".encode())
+                assert sock.recv(16) == b"+OK\r\n"
             sock.sendall(" ".join(words).encode() + b"\r\n")
             return sock.recv(65536)
 

@@ -8,6 +8,8 @@ too), Redis restarted, Redis unreachable at start, nodes that disagree, one shar
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -229,3 +231,40 @@ def test_without_hiredis_the_node_says_how_to_get_it(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert result.stderr.splitlines() == [
         "The cluster mode (--redis) needs hiredis: pip install '.[cluster]' (or pip install hiredis)"]
+
+
+def test_redis_back_without_its_data_stops_the_nodes_in_one_line(tmp_path: Path) -> None:
+    require_redis()
+    redis = RedisServer(tmp_path / "redis")
+    cluster = Cluster(redis, tmp_path, 2)
+    try:
+        login(cluster, "Yoda", 0)
+        redis.stop()
+        for leftover in (tmp_path / "redis").iterdir():  # as if it ran without its AOF
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        redis.start()
+        for node in cluster.nodes:
+            assert node.process.wait(timeout=TIMEOUT) != 0
+        cluster.output.expect(re.compile(r"Redis at redis://\S+ lost the cluster's data .*; this node stops"))
+        assert redis.call("XLEN", "tessenger:log") == b":0\r\n"  # and wrote nothing into it
+    finally:
+        cluster.stop()
+        redis.stop()
+
+
+def test_a_redis_with_a_password(tmp_path: Path) -> None:
+    require_redis()
+    redis = RedisServer(tmp_path / "redis", password="s3cret")
+    cluster = Cluster(redis, tmp_path, 2)
+    try:
+        yoda, luke = login(cluster, "Yoda", 0), login(cluster, "Luke", 1)
+        send_all(yoda, "Luke", ["through AUTH"])
+        assert luke.recv().text == "through AUTH"
+        wrong = redis.url.replace("s3cret", "guess")
+        result = subprocess.run([sys.executable, str(ROOT / "server.py"), "0", "3", "--data-dir", str(tmp_path),
+                                 "--redis", wrong], capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode != 0 and len(result.stderr.splitlines()) == 1
+        assert "refused to start this node" in result.stderr and "guess" not in result.stderr
+    finally:
+        cluster.stop()
+        redis.stop()
