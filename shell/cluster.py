@@ -24,9 +24,10 @@ from typing import Any
 
 from core import passwords
 from core.messages import Code, Error, Login, Request, SchemaError, encode, requests
-from core.rules import Announce, Append, Chat, Close, Effect, Send
+from core.rules import Chat, Close, Effect, Send
 
 from .redis_link import RedisLink
+from .cluster_share import CONN_BITS, EntryId, Share, node_of
 from .resp import Address, ReplyError, call_blocking, parse_url
 
 PREFIX = "tessenger:"
@@ -42,7 +43,6 @@ SWEEP_GRACE = HEARTBEAT_TTL + 1.5  # after (re)connecting: let every node renew 
 READ_BATCH = 1000  # entries per XREAD
 READ_BLOCK_MS = 1000
 START_TIMEOUT = 3.0
-CONN_BITS = 32  # a connection id is NODE << CONN_BITS | local number: unique cluster-wide
 
 WRONG_PASSWORD = "-"  # what a replica sees for a password that did not match
 UNAVAILABLE = "Error. The server cannot reach its Redis right now. Please try again in a moment."
@@ -59,15 +59,8 @@ if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 e
 return 0
 """
 
-EntryId = tuple[int, int]
-
-
 class ClusterError(Exception):
     """A node cannot join its cluster; the message is the one line to print."""
-
-
-def node_of(conn: int) -> int:
-    return conn >> CONN_BITS
 
 
 def heartbeat_key(node: int) -> str:
@@ -136,14 +129,8 @@ class Node:
         self._applied: EntryId = (0, 0)
         self._local: set[int] = set()  # this node's connections
         self._ended: set[int] = set()  # connections the rules closed: their later requests are void
-        self._effects: list[Effect] = []  # for the server's next turn
-        # effects of entries whose log lines are not yet on disk, with the entries after them
-        self._held: deque[tuple[EntryId, bool, list[Effect]]] = deque()
-        self._written: EntryId = (0, 0)  # the writer's mark: entries up to here are logged
-        self._unwritten: deque[tuple[EntryId, Append]] = deque()  # log lines past the mark (for a takeover)
+        self.share = Share(node_id)
         self._writer_until = 0.0  # this node writes the logs while now < this
-        self._mark_due = False  # the writer wrote lines its mark does not cover yet
-        self._last_numbers: dict[str, int] = {}  # the writer's last number per log file
         self.writer_epoch = 0
         self._next_tick = 0.0
         self._ready_since: float | None = None
@@ -180,8 +167,7 @@ class Node:
         if now >= self._next_tick and self.commands.ready:
             self._next_tick = now + TICK
             self._heartbeat(now)
-        effects, self._effects = self._effects, []
-        return effects
+        return self.share.take()
 
     def deadline(self) -> float:
         assert self.commands is not None and self.reader is not None
@@ -191,9 +177,9 @@ class Node:
     def flush(self) -> None:
         """After the server wrote this turn's effects: publish the writer's mark, send requests."""
         assert self.commands is not None and self.reader is not None
-        if self._mark_due and self.commands.ready:
-            self._mark_due = False
-            self._submit(WRITTEN, 0, b"%d-%d" % self._written)
+        if self.share.mark_due and self.commands.ready:
+            self.share.mark_due = False
+            self._submit(WRITTEN, 0, b"%d-%d" % self.share.written)
         self.commands.flush()
         self.reader.flush()
 
@@ -368,14 +354,11 @@ class Node:
         elif kind == NODE_DEAD:
             effects = self._node_dead(target, now)
         elif kind == WRITTEN:
-            self._written = max(self._written, parse_entry_id(rest))
-            while self._unwritten and self._unwritten[0][0] <= self._written:
-                self._unwritten.popleft()
-            self._release()
+            self.share.marked(parse_entry_id(rest))
             return
         else:
             return  # a kind from a newer version: not ours to decide
-        self._deliver(entry_id, origin, effects, self.replica.presence_version != presence)
+        self.share.deliver(entry_id, origin, effects, self.replica.presence_version != presence, self.is_writer())
 
     def _apply_request(self, raw_id: bytes, conn: int, payload: bytes, now: float) -> list[Effect]:
         if conn in self._ended or conn not in self.replica.sessions:
@@ -411,63 +394,10 @@ class Node:
         data = b"%s/%d" % (self._entry_raw, self._transfers_in_entry)
         return hmac.new(self._secret, data, hashlib.sha256).hexdigest()[:32]
 
-    def _deliver(self, entry_id: EntryId, origin: int, effects: list[Effect], presence_changed: bool) -> None:
-        """Keep this node's share of an entry's effects, held back until its log lines are written."""
-        mine: list[Effect] = []
-        logged = presence_changed
-        writer = self.is_writer()
-        for effect in effects:
-            kind = type(effect)
-            if kind is Send:
-                conns = tuple(c for c in effect.conns if node_of(c) == self.id)
-                if conns:
-                    mine.append(effect if len(conns) == len(effect.conns) else Send(conns, effect.message))
-            elif kind is Append:
-                logged = True
-                if writer:
-                    if self._new_line(effect):
-                        mine.append(effect)
-                else:
-                    self._unwritten.append((entry_id, effect))
-            elif kind is Close:
-                if node_of(effect.conn) == self.id:
-                    mine.append(effect)
-            elif kind is Announce:
-                if origin == self.id:
-                    mine.append(effect)
-        if writer and logged:
-            # the server writes this turn's lines before it sends anything of the same turn
-            self._written = max(self._written, entry_id)
-            self._mark_due = True
-        self._held.append((entry_id, logged, mine))
-        self._release()
-
-    def _release(self) -> None:
-        held = self._held
-        while held and (not held[0][1] or held[0][0] <= self._written):
-            self._effects += held.popleft()[2]
-
-    def _new_line(self, append: Append) -> bool:
-        """The writer's guard: a numbered line at or below the file's last number is there already."""
-        if not append.line:
-            return True  # creates the file
-        number = int(append.line[: append.line.index(";")])
-        if number <= self._last_numbers.get(append.log, 0):
-            return False
-        self._last_numbers[append.log] = number
-        return True
-
     def _take_over(self) -> None:
         """This node now holds the writer lease: write what the last writer may not have."""
         self.writer_epoch += 1
-        self._last_numbers = self.logs.recover()  # also cuts a line the last writer left torn
-        for _, append in self._unwritten:
-            if self._new_line(append):
-                self._effects.append(append)
-        self._unwritten.clear()
-        self._written = max(self._written, self._applied)
-        self._mark_due = True
-        self._release()
+        self.share.take_over(self.logs.recover(), self._applied)  # recover cuts a torn last line
 
 
 class SharedChat:

@@ -20,7 +20,8 @@ pytest.importorskip("hiredis", reason="the cluster mode's extra hiredis is not i
 
 from core.messages import GroupSent, MsgSent  # noqa: E402
 from core.rules import Announce, Append, Chat, Close, Effect, Send  # noqa: E402
-from shell.cluster import CONN_BITS, WRITTEN, Node  # noqa: E402
+from shell.cluster import WRITTEN, Node  # noqa: E402
+from shell.cluster_share import CONN_BITS  # noqa: E402
 from shell.resp import Address  # noqa: E402
 from tests import test_rules  # noqa: E402
 
@@ -37,7 +38,7 @@ class SimulatedCluster:
                            history, b"cluster secret") for i in (1, 2, 3)]
         self.writer = self.nodes[0]
         self.writer._writer_until = float("inf")
-        self.writer._last_numbers = dict(history)
+        self.writer.share.last_numbers = dict(history)
         self.replica = self.writer.replica
         self.stream: list[tuple[bytes, bytes]] = []
         self.now = 0.0
@@ -89,14 +90,14 @@ class SimulatedCluster:
                     self._append(entry)  # applied once all the same
             if not any(e.startswith(WRITTEN) for e in entries):
                 for node in self.nodes[1:]:  # nothing acknowledged before the writer's mark
-                    assert not any(type(e) is Send and isinstance(e.message, (MsgSent, GroupSent)) for e in node._effects)
-            if self.writer._mark_due:  # what Node.flush does after the server wrote the turn's lines
-                self.writer._mark_due = False
-                self.writer._submit(WRITTEN, 0, b"%d-%d" % self.writer._written)
+                    assert not any(type(e) is Send and isinstance(e.message, (MsgSent, GroupSent)) for e in node.share.released)
+            if self.writer.share.mark_due:  # what Node.flush does after the server wrote the turn's lines
+                self.writer.share.mark_due = False
+                self.writer._submit(WRITTEN, 0, b"%d-%d" % self.writer.share.written)
         self._check_replicas()
         effects: list[Effect] = []
         for node in self.nodes:
-            released, node._effects = node._effects, []
+            released = node.share.take()
             assert node is self.writer or not any(type(e) is Append for e in released)
             effects += [self._local(e) for e in released]
         # the writer's lines were written before any node released what they acknowledge
