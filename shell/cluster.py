@@ -43,6 +43,7 @@ SWEEP_GRACE = HEARTBEAT_TTL + 1.5  # after (re)connecting: let every node renew 
 READ_BATCH = 1000  # entries per XREAD
 READ_BLOCK_MS = 1000
 START_TIMEOUT = 3.0
+MAX_UNCONFIRMED = 100_000  # requests on their way to Redis; past this a slow Redis gets no more
 
 WRONG_PASSWORD = "-"  # what a replica sees for a password that did not match
 UNAVAILABLE = "Error. The server cannot reach its Redis right now. Please try again in a moment."
@@ -227,7 +228,8 @@ class Node:
         self._submit(CONNECT, conn, ip.encode())
 
     def request(self, conn: int, request: Request) -> list[Effect]:
-        if self._ever_ready and not self.available:  # at start-up it waits for the first connect instead
+        if self._ever_ready and not self.available or len(self._unconfirmed) >= MAX_UNCONFIRMED:
+            # (at start-up a request waits for the first connect instead)
             return [Send((conn,), Error(Code.COMMAND, UNAVAILABLE))]
         if type(request) is Login:
             request = Login(request.username, self._proof(request), request.udp_port)
