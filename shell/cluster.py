@@ -13,6 +13,7 @@ writer lease, the log lines. See README, "Cluster", for the picture and the reas
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import json
 import secrets
@@ -20,11 +21,11 @@ import selectors
 import time
 import traceback
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from core import passwords
 from core.messages import Code, Error, Login, Request, SchemaError, encode, requests
-from core.rules import Chat, Close, Effect, Send
+from core.rules import Chat, Close, Effect, Hold, Send
 
 from .redis_link import RedisLink
 from .cluster_share import CONN_BITS, EntryId, Share, node_of
@@ -50,7 +51,7 @@ UNAVAILABLE = "Error. The server cannot reach its Redis right now. Please try ag
 LOST = "Error. This server lost contact with the cluster and was declared dead. Please log in again."
 
 # entry kinds; an entry is b"KIND ORIGIN SEQ TARGET REST" in the stream field "m"
-CONNECT, REQUEST, DISCONNECT, NODE_DEAD, WRITTEN = b"c", b"r", b"d", b"x", b"w"
+CONNECT, REQUEST, DISCONNECT, NODE_DEAD, WRITTEN, RESUME = b"c", b"r", b"d", b"x", b"w", b"u"
 
 # acquire the lease if free, renew it if ours; 1 when we hold it
 LEASE_SCRIPT = """
@@ -59,6 +60,10 @@ if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0
 """
+
+# makes the rules' replica: (accounts, history, new_transfer_id=...) -> Chat, as server.py makes its own
+NewChat = Callable[..., Chat]
+
 
 class ClusterError(Exception):
     """A node cannot join its cluster; the message is the one line to print."""
@@ -73,22 +78,24 @@ def parse_entry_id(raw: bytes) -> EntryId:
     return int(ms), int(seq)
 
 
-def fingerprint(accounts: dict[str, str], attempts: int, block_seconds: float) -> str:
+def fingerprint(accounts: dict[str, str], rules: list[Any]) -> str:
     """What every node of one cluster must agree on for the rules to decide alike."""
-    return hashlib.sha256(json.dumps([sorted(accounts.items()), attempts, block_seconds]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([sorted(accounts.items()), rules]).encode()).hexdigest()
 
 
-def start(url: str, accounts: dict[str, str], attempts: int, block_seconds: float,
-          history: dict[str, int]) -> "Node":
+def start(url: str, accounts: dict[str, str], rules: list[Any], history: dict[str, int],
+          new_chat: NewChat) -> "Node":
     """Join (or found) the cluster: the one bounded, blocking exchange, before the loop runs.
 
-    Raises ClusterError with the line to print when Redis is unreachable or disagrees.
+    ``rules`` are the settings of ``new_chat``'s rules (attempts, block time, limits): every
+    node must have the same. Raises ClusterError with the line to print when Redis is
+    unreachable or disagrees.
     """
     try:
         address = parse_url(url)
     except ValueError as exc:
         raise ClusterError(f"Invalid --redis URL: {exc}") from None
-    mine = fingerprint(accounts, attempts, block_seconds)
+    mine = fingerprint(accounts, rules)
     founding = json.dumps({"fingerprint": mine, "history": history, "secret": secrets.token_hex(32)})
     try:
         replies = call_blocking(address, [("SET", META, founding, "NX"), ("GET", META), ("INCR", NODES)], START_TIMEOUT)
@@ -100,15 +107,15 @@ def start(url: str, accounts: dict[str, str], attempts: int, block_seconds: floa
     replies = replies[len(address.handshake()):]
     meta = json.loads(replies[1])
     if meta["fingerprint"] != mine:
-        raise ClusterError("This node's credentials.txt, attempts or --block-seconds differ from its cluster's")
-    return Node(address, replies[2], accounts, attempts, block_seconds, meta["history"], bytes.fromhex(meta["secret"]))
+        raise ClusterError("This node's credentials.txt or rules (attempts, block time, limits) differ from its cluster's")
+    return Node(address, replies[2], accounts, meta["history"], bytes.fromhex(meta["secret"]), new_chat)
 
 
 class Node:
     """This process's place in the cluster: its two Redis links and its replica of the chat."""
 
-    def __init__(self, address: Address, node_id: int, accounts: dict[str, str], attempts: int,
-                 block_seconds: float, history: dict[str, int], secret: bytes) -> None:
+    def __init__(self, address: Address, node_id: int, accounts: dict[str, str], history: dict[str, int],
+                 secret: bytes, new_chat: NewChat) -> None:
         self.address = address
         self.id = node_id
         self.first_conn_id = (node_id << CONN_BITS) + 1
@@ -116,8 +123,7 @@ class Node:
         self._accounts = accounts
         # the replicas check login proofs, never passwords: no password enters the shared log
         proofs = {username: self._proof_for(username) for username in accounts}
-        self.replica = Chat(proofs, attempts, block_seconds=block_seconds, history=history,
-                            new_transfer_id=self._transfer_id)
+        self.replica = new_chat(proofs, history, new_transfer_id=self._transfer_id)
         self.chat = SharedChat(self)
         self.logs: Any = None  # the server's Logs, once attached
         self.selector: selectors.BaseSelector | None = None
@@ -130,6 +136,8 @@ class Node:
         self._applied: EntryId = (0, 0)
         self._local: set[int] = set()  # this node's connections
         self._ended: set[int] = set()  # connections the rules closed: their later requests are void
+        self._waiting: dict[int, list[Request]] = {}  # held logins' connections: the requests behind them
+        self._resumes: list[tuple[float, int]] = []  # a heap: when to resume this node's held logins
         self.share = Share(node_id)
         self._writer_until = 0.0  # this node writes the logs while now < this
         self.writer_epoch = 0
@@ -168,11 +176,15 @@ class Node:
         if now >= self._next_tick and self.commands.ready:
             self._next_tick = now + TICK
             self._heartbeat(now)
+        while self._resumes and self._resumes[0][0] <= now:
+            self.resume(heapq.heappop(self._resumes)[1])
         return self.share.take()
 
     def deadline(self) -> float:
         assert self.commands is not None and self.reader is not None
         times = [self._next_tick, *(t for t in (self.commands.deadline(), self.reader.deadline()) if t is not None)]
+        if self._resumes:
+            times.append(self._resumes[0][0])
         return min(times)
 
     def flush(self) -> None:
@@ -249,6 +261,10 @@ class Node:
         if stored is not None and passwords.verify(login.password, stored):
             return self._proof_for(login.username)
         return WRONG_PASSWORD
+
+    def resume(self, conn: int) -> None:
+        """A held login's time has come (by this node's clock): every replica tries it again."""
+        self._submit(RESUME, conn, b"")
 
     def disconnect(self, conn: int) -> list[Effect]:
         self._local.discard(conn)
@@ -340,7 +356,7 @@ class Node:
         self._last_seq[origin] = seq
         entry_id = parse_entry_id(raw_id)
         self._applied = entry_id
-        now = entry_id[0] / 1000
+        now = self._time_of(entry_id)
         target = int(target_text)
         presence = self.replica.presence_version
         effects: list[Effect]
@@ -352,15 +368,22 @@ class Node:
             return
         elif kind == DISCONNECT:
             self._ended.discard(target)
+            self._waiting.pop(target, None)
             effects = self.replica.disconnect(target, now)
         elif kind == NODE_DEAD:
             effects = self._node_dead(target, now)
+        elif kind == RESUME:
+            effects = self._apply_resume(raw_id, target, now)
         elif kind == WRITTEN:
             self.share.marked(parse_entry_id(rest))
             return
         else:
             return  # a kind from a newer version: not ours to decide
         self.share.deliver(entry_id, origin, effects, self.replica.presence_version != presence, self.is_writer())
+
+    def _time_of(self, entry: EntryId) -> float:
+        """An entry's ``now`` for the rules: its time in the stream, by Redis's clock."""
+        return entry[0] / 1000
 
     def _apply_request(self, raw_id: bytes, conn: int, payload: bytes, now: float) -> list[Effect]:
         if conn in self._ended or conn not in self.replica.sessions:
@@ -369,21 +392,50 @@ class Node:
             request = requests.decode(payload)  # validated by its node already
         except SchemaError:
             return []
+        if conn in self._waiting:  # behind a held login: it waits its turn, in order
+            self._waiting[conn].append(request)
+            return []
         self._entry_raw, self._transfers_in_entry = raw_id, 0
+        return self._guarded(conn, lambda: self.replica.handle(conn, request, now))
+
+    def _apply_resume(self, raw_id: bytes, conn: int, now: float) -> list[Effect]:
+        """The held login of ``conn``, then the requests that waited behind it (as one server)."""
+        waiting = self._waiting.pop(conn, None)
+        if waiting is None or conn in self._ended or conn not in self.replica.sessions:
+            return []
+        self._entry_raw, self._transfers_in_entry = raw_id, 0
+        effects = self._guarded(conn, lambda: self.replica.resume(conn, now))
+        for index, request in enumerate(waiting):
+            if conn in self._ended:
+                break
+            if conn in self._waiting:  # held again
+                self._waiting[conn] += waiting[index:]
+                break
+            effects += self._guarded(conn, lambda: self.replica.handle(conn, request, now))
+        return effects
+
+    def _guarded(self, conn: int, step: Callable[[], list[Effect]]) -> list[Effect]:
+        """One step of the rules for ``conn``, and what its last effect means for the next."""
         try:
-            effects = self.replica.handle(conn, request, now)
+            effects = step()
         except Exception:  # a bug costs the connection, as on one server; every node does the same
             if node_of(conn) == self.id:
                 traceback.print_exc()
             effects = [Send((conn,), Error(Code.PROTOCOL, "Error. Internal server error.")), Close(conn)]
-        if effects and type(effects[-1]) is Close:
-            self._ended.add(effects[-1].conn)
+        last = effects[-1] if effects else None
+        if type(last) is Close:
+            self._ended.add(conn)
+        elif type(last) is Hold:
+            self._waiting[conn] = []
+            if node_of(conn) == self.id:  # its node resumes it in time
+                heapq.heappush(self._resumes, (last.until, conn))
         return effects
 
     def _node_dead(self, node: int, now: float) -> list[Effect]:
         effects: list[Effect] = []
         for conn in sorted(c for c in self.replica.sessions if node_of(c) == node):
             self._ended.discard(conn)
+            self._waiting.pop(conn, None)
             effects += self.replica.disconnect(conn, now)
         if node == self.id and not self.closed:  # we were taken for dead: our users are logged out
             for conn in sorted(self._local):
@@ -423,6 +475,10 @@ class SharedChat:
 
     def disconnect(self, conn: int, now: float) -> list[Effect]:
         return self._node.disconnect(conn)
+
+    def resume(self, conn: int, now: float) -> list[Effect]:
+        self._node.resume(conn)
+        return []
 
     @property
     def presence_version(self) -> object:

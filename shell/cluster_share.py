@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from core.rules import Announce, Append, Close, Effect, Send
+from core.rules import Announce, Append, Close, Effect, Hold, Send
 
 EntryId = tuple[int, int]  # a stream entry id, milliseconds and sequence
 CONN_BITS = 32  # a connection id is NODE << CONN_BITS | local number: unique cluster-wide
@@ -54,7 +54,7 @@ class Share:
                         mine.append(effect)
                 else:
                     self._unwritten.append((entry, effect))
-            elif kind is Close:
+            elif kind is Close or kind is Hold:  # (a Hold only says a login waits: the node resumes it)
                 if node_of(effect.conn) == self.node:
                     mine.append(effect)
             elif kind is Announce:

@@ -15,11 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 pytest.importorskip("hiredis", reason="the cluster mode's extra hiredis is not installed")
 
 from core.messages import GroupSent, MsgSent  # noqa: E402
-from core.rules import Announce, Append, Chat, Close, Effect, Send  # noqa: E402
+from core.login_throttle import LoginThrottle  # noqa: E402
+from core.rules import Announce, Append, Chat, Close, Effect, Hold, Send  # noqa: E402
 from shell.cluster import WRITTEN, Node  # noqa: E402
 from shell.cluster_share import CONN_BITS  # noqa: E402
 from shell.resp import Address  # noqa: E402
@@ -29,13 +31,32 @@ LOCAL = (1 << CONN_BITS) - 1
 RETRIED = 5  # every RETRIED-th entry is appended twice
 
 
+class SimulatedNode(Node):
+    """A node whose entries carry the test's exact time (the test's clock is finer than Redis's
+    milliseconds, and its model compares times exactly)."""
+
+    times: dict[int, float]  # stream position -> the test's time
+
+    def _time_of(self, entry: tuple[int, int]) -> float:
+        return self.times[entry[1]]
+
+
 class SimulatedCluster:
     """Three nodes around an in-memory stream; node 1 holds the writer lease."""
 
     def __init__(self, chat: Chat) -> None:
         history = dict(chat._history)
-        self.nodes = [Node(Address("127.0.0.1", 0, 0), i, chat.accounts, chat.max_failures, chat.block_seconds,
-                           history, b"cluster secret") for i in (1, 2, 3)]
+        def new_chat(accounts: dict[str, str], history: dict[str, int], **more: Any) -> Chat:
+            throttle = LoginThrottle(chat.login_throttle.burst, chat.login_throttle.rate)
+            return Chat(accounts, chat.max_failures, block_seconds=chat.block_seconds, history=history,
+                        login_throttle=throttle, max_groups_per_user=chat.max_groups_per_user,
+                        max_groups=chat.max_groups, **more)
+
+        self.nodes = [SimulatedNode(Address("127.0.0.1", 0, 0), i, chat.accounts, history, b"cluster secret", new_chat)
+                      for i in (1, 2, 3)]
+        self.times: dict[int, float] = {}
+        for node in self.nodes:
+            node.times = self.times
         self.writer = self.nodes[0]
         self.writer._writer_until = float("inf")
         self.writer.share.last_numbers = dict(history)
@@ -65,13 +86,19 @@ class SimulatedCluster:
         self._node(conn).disconnect(self._global(conn))
         return self._pump()
 
+    def resume(self, conn: int, now: float) -> list[Effect]:
+        self.now = now
+        self._node(conn).resume(self._global(conn))
+        return self._pump()
+
     def __getattr__(self, name: str) -> Any:  # presence_version, active, userlog, is_blocked
         return getattr(self.replica, name)
 
     # the stream --------------------------------------------------------------------------
 
     def _append(self, entry: bytes) -> None:
-        raw_id = b"%d-%d" % (int(self.now * 1000), len(self.stream))
+        self.times[len(self.stream)] = self.now
+        raw_id = b"%d-%d" % (round(self.now * 1000), len(self.stream))
         self.stream.append((raw_id, entry))
         for node in self.nodes:
             node._apply(raw_id, entry)
@@ -108,6 +135,8 @@ class SimulatedCluster:
             return Send(tuple(c & LOCAL for c in effect.conns), effect.message)
         if type(effect) is Close:
             return Close(effect.conn & LOCAL)
+        if type(effect) is Hold:
+            return Hold(effect.conn & LOCAL, effect.until)
         assert type(effect) in (Append, Announce)
         return effect
 
@@ -136,4 +165,5 @@ class ClusterChatMachine(test_rules.ChatMachine):
 
 
 TestClusterChatMachine = ClusterChatMachine.TestCase
-TestClusterChatMachine.settings = test_rules.TestChatMachine.settings
+# three replicas per step: fewer examples than the one-Chat test keeps the suite's time in bounds
+TestClusterChatMachine.settings = settings(test_rules.TestChatMachine.settings, max_examples=30)
