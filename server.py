@@ -27,6 +27,7 @@ import resource
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import time
 import traceback
@@ -39,6 +40,8 @@ from core import logformat, passwords
 from core.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode as frame
 from core.messages import MAX_PASSWORD, Code, Error, Message, SchemaError, encode, requests, valid_password
 from core.rules import Announce, Append, Chat, Close, Effect, Send, parse_credentials
+from shell import tls
+from shell.tls import TLSTransport
 
 # One flooding client cannot starve the rest: per turn it gets one read and at most
 # FRAMES_PER_TURN of its requests handled; until its decoder holds no whole frame it is not
@@ -63,13 +66,14 @@ class Limits:
 
 @dataclass(eq=False)
 class Connection:
-    sock: socket.socket
+    sock: socket.socket | TLSTransport
     conn_id: int
     decoder: FrameDecoder
     login_deadline: float
     out: bytearray = field(default_factory=bytearray)
     closing: bool = False  # close once ``out`` is written; read no more
     events: int = selectors.EVENT_READ  # what the selector watches for
+    handshaking: bool = False  # TLS: the handshake runs before anything is read
 
 
 class Logs:
@@ -145,8 +149,10 @@ class Logs:
 
 
 class Server:
-    def __init__(self, listener: socket.socket, chat: Chat, logs: Logs, limits: Limits, console: TextIO | None) -> None:
+    def __init__(self, listener: socket.socket, chat: Chat, logs: Logs, limits: Limits, console: TextIO | None,
+                 tls_context: ssl.SSLContext | None = None) -> None:
         self.listener = listener
+        self.tls_context = tls_context  # None: plain TCP
         self.chat = chat
         self.logs = logs
         self.limits = limits
@@ -176,6 +182,9 @@ class Server:
             conn: Connection | None = key.data
             if conn is None:
                 self._accept(now)
+                continue
+            if conn.handshaking:
+                effects += self._handshake(conn, now)
                 continue
             if mask & selectors.EVENT_WRITE:
                 self._write(conn)
@@ -222,11 +231,13 @@ class Server:
                 self._turn_away(sock)
                 continue
             conn = Connection(sock, self.next_id, FrameDecoder(self.limits.login_frame), now + self.limits.login_timeout)
+            if self.tls_context is not None:  # the login timeout bounds the handshake too
+                conn.sock, conn.handshaking = TLSTransport(sock, accept=self.tls_context, refusal=TLS_ONLY), True
             self.next_id += 1
             self.connections[conn.conn_id] = conn
             self.login_queue.append(conn)
             self.chat.connect(conn.conn_id, address[0])
-            self.selector.register(sock, selectors.EVENT_READ, conn)
+            self.selector.register(conn.sock, selectors.EVENT_READ, conn)
 
     def _turn_away(self, sock: socket.socket) -> None:
         reply = frame(encode(Error(Code.PROTOCOL, "Error. The server is full. Please try again later.")))
@@ -235,6 +246,18 @@ class Server:
         except OSError:
             pass
         sock.close()
+
+    def _handshake(self, conn: Connection, now: float) -> list[Effect]:
+        """One step of a TLS handshake, on readiness; a failed one costs only its connection."""
+        try:
+            events = conn.sock.handshake() or selectors.EVENT_READ
+        except OSError:  # a plain client (it was told), a stray peer, a broken handshake
+            return self._drop(conn, now)
+        conn.handshaking = conn.sock.handshaking
+        if events != conn.events:
+            self.selector.modify(conn.sock, events, conn)
+            conn.events = events
+        return []
 
     def _receive(self, conn: Connection, now: float) -> list[Effect]:
         """One read, into the decoder; the end of the stream ends the connection."""
@@ -415,6 +438,7 @@ class Server:
 # --- start-up ----------------------------------------------------------------------------
 
 USAGE = "python3 server.py SERVER_PORT NUMBER_OF_CONSECUTIVE_FAILED_ATTEMPTS [options]"
+TLS_ONLY = frame(encode(Error(Code.PROTOCOL, "Error. This server accepts TLS connections only: connect with --tls.")))
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -478,6 +502,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hash-cost", type=power_of_two, default=passwords.DEFAULT_N,
                         help=f"scrypt N for --hash-password (default: {passwords.DEFAULT_N}); "
                              "every login with the entry stalls the server in proportion")
+    tls.add_server_arguments(parser)
     args = parser.parse_args(argv)
     if args.hash_password:
         return args
@@ -493,6 +518,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     if not (args.port.isdigit() and int(args.port) <= 65535):
         fail(f"Invalid port: {args.port}. The port must be an integer between 0 and 65535")
     args.port = int(args.port)
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
     return args
 
 
@@ -574,12 +601,18 @@ def main(argv: list[str]) -> int:
         print(f"Serving at most {max_connections} connections: the open-file limit allows no more", file=sys.stderr)
     limits = Limits(args.max_frame, min(LOGIN_FRAME, args.max_frame), args.login_timeout, args.max_output,
                     max_connections)
+    try:
+        context, fingerprint = tls.server_context(args.tls_cert, args.tls_key) if args.tls_cert else (None, "")
+    except tls.TLSSetupError as exc:
+        fail(str(exc))
     listener = listen(args.host, args.port)
     chat = Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history)
-    server = Server(listener, chat, logs, limits, None if args.quiet else sys.stdout)
+    server = Server(listener, chat, logs, limits, None if args.quiet else sys.stdout, context)
     host, port = listener.getsockname()
     print(f"TESSENGER server listening on {host}:{port} ({len(accounts)} accounts, "
           f"{args.attempts} attempts before blocking)", flush=True)
+    print(f"TLS only; certificate SHA-256 fingerprint {fingerprint}" if context else
+          "Not encrypted: passwords and messages cross the network in clear (use --tls-cert/--tls-key)", flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # same clean stop as Ctrl-C
     status = 0
     try:
