@@ -47,6 +47,8 @@ from core.transfer import MIN_DATAGRAM_SIZE
 from core.transfer_wire import MAX_DATAGRAM as MAX_UDP_PAYLOAD
 from core.transfers import DEFAULT_MAX_RECEIVE_SIZE, TransferEngine
 from core.udp_batching import NO_GSO, READ_SIZE, SOL_UDP, UDP_GRO, UDP_SEGMENT, gro_segment_size, gso_run_end
+from shell import tls
+from shell.tls import TLSTransport
 
 CONNECT_TIMEOUT = 10.0
 READ_CHUNK = 64 * 1024
@@ -312,7 +314,7 @@ class Client:
     def __init__(
         self,
         console: Console,
-        server: socket.socket,
+        server: socket.socket | TLSTransport,
         udp: socket.socket,
         session: ClientSession,
         transfers: Transfers,
@@ -777,6 +779,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                              "(powers of 1024; default: 4G)")
     parser.add_argument("--simulate-loss", metavar="FRACTION", type=float, default=0.0,
                         help="testing: drop this fraction (0-1) of the UDP datagrams this client sends")
+    tls.add_client_arguments(parser)
     args = parser.parse_args(argv)
     args.server_port = _port(args.server_port, "server port", 1)
     args.udp_port = _port(args.udp_port, "UDP port", 0)
@@ -845,6 +848,19 @@ def connect(host: str, port: int) -> socket.socket:
     return server
 
 
+def secure(server: socket.socket, args: argparse.Namespace) -> TLSTransport:
+    """The TLS handshake and the trust check, blocking (within CONNECT_TIMEOUT) before the
+    loop starts: nothing else can happen yet, and no byte of the chat may leave before it."""
+    known_servers = args.known_servers or tls.default_known_servers()
+    try:
+        transport, notice = tls.connect(server, args.server_ip, args.server_port, args.tls_ca, known_servers)
+    except tls.TLSSetupError as exc:
+        fail(str(exc))
+    if notice:
+        print(notice, flush=True)
+    return transport
+
+
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter
 KEEP_FREED_MEMORY = 32 * 1024 * 1024
 
@@ -871,6 +887,8 @@ def main(argv: list[str]) -> int:
     sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets "?"
     udp = bind_udp(args.udp_port)
     server = connect(args.server_ip, args.server_port)
+    if args.tls or args.tls_ca:
+        server = secure(server, args)
     session = ClientSession(udp.getsockname()[1], file_size=regular_file_size)
     console = open_console(sys.stdout)
     # Incoming transfers may fill 3/4 of the receive buffer the kernel really granted (the
