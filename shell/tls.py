@@ -153,11 +153,26 @@ class TLSTransport:
             raise BlockingIOError from None
         except ssl.SSLZeroReturnError:  # the peer's close_notify
             return b""
-        # the rest of a record larger than ``size`` is already decrypted inside the SSL object,
-        # where select() cannot see it: take it now (at most one record, 16 KiB)
+        if not data:
+            return data
+        # a TLS read returns one record (at most 16 KiB, often one small frame): take the
+        # records already here, up to ``size``, as one plain read would
+        pieces = [data]
+        left = size - len(data)
+        while left > 0:
+            try:
+                data = sock.recv(left)
+            except OSError:  # nothing more now (or an end the next read reports)
+                break
+            if not data:
+                break
+            pieces.append(data)
+            left -= len(data)
+        # the rest of a record larger than what was asked is already decrypted inside the SSL
+        # object, where select() cannot see it: take it now (less than one record)
         while sock.pending():
-            data += sock.recv(sock.pending())
-        return data
+            pieces.append(sock.recv(sock.pending()))
+        return b"".join(pieces)
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         """Like ``socket.send``. After ``BlockingIOError`` the caller must offer the same bytes
