@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import selectors
 import socket
 import ssl
@@ -37,6 +38,7 @@ from core import trust
 
 TLS_HANDSHAKE_RECORD = b"\x16"  # the content type of the record every TLS connection starts with
 DISCARD = 4096  # what a plain peer sent is read off before the refusal, so the close is no reset
+PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----")  # the first is ours
 
 
 class TLSSetupError(Exception):
@@ -55,12 +57,12 @@ def server_context(cert: str, key: str) -> tuple[ssl.SSLContext, str]:
     context.num_tickets = 0  # no session resumption: nothing to write after the handshake
     try:
         context.load_cert_chain(cert, key)
-        der = ssl.PEM_cert_to_DER_cert(Path(cert).read_text(encoding="ascii", errors="replace"))
+        first = PEM_CERTIFICATE.search(Path(cert).read_text(encoding="ascii", errors="replace"))
     except OSError as exc:  # ssl.SSLError included: a key that does not match, a bad file
-        raise TLSSetupError(f"Cannot use the TLS certificate {cert} and key {key}: {_reason(exc)}") from None
-    except ValueError as exc:
-        raise TLSSetupError(f"Cannot use the TLS certificate {cert}: {exc}") from None
-    return context, trust.fingerprint(der)
+        raise TLSSetupError(f"Cannot use the TLS certificate {cert} and key {key or cert}: {_reason(exc)}") from None
+    if first is None:  # load_cert_chain has read one, so only an odd layout gets here
+        raise TLSSetupError(f"Cannot use the TLS certificate {cert}: no PEM certificate block found")
+    return context, trust.fingerprint(ssl.PEM_cert_to_DER_cert(first.group()))
 
 
 def client_context(ca_file: str | None) -> ssl.SSLContext:

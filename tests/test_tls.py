@@ -359,3 +359,15 @@ def test_no_password_or_message_crosses_the_wire_in_clear_with_tls(
     assert wire[:1] == b"\x16" and len(wire) > 200  # a TLS stream, the whole session's worth
     for secret in (password, b"Yoda", b"the secret plans"):
         assert secret not in wire
+
+
+def test_a_server_with_an_unusable_certificate_says_so_in_one_line(tmp_path: Path) -> None:
+    shutil.copy(CREDENTIALS, tmp_path / "credentials.txt")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "0", "3", "--host", "127.0.0.1", "--data-dir", str(tmp_path),
+         "--tls-cert", str(tmp_path / "missing.pem")],
+        capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"Cannot use the TLS certificate {tmp_path / 'missing.pem'} and key {tmp_path / 'missing.pem'}: "
+        "No such file or directory"]
