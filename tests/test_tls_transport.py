@@ -7,6 +7,7 @@ import selectors
 import shutil
 import socket
 import ssl
+import subprocess
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -107,6 +108,59 @@ def test_a_record_larger_than_the_read_is_returned_whole_not_left_inside_the_ssl
     assert drive(transport, read_some) == record
     done.set()
     thread.join(TIMEOUT)
+
+
+@needs_openssl
+def test_a_server_flight_larger_than_the_socket_buffers_waits_for_writability(tmp_path: Path) -> None:
+    # a certificate of ~30 KB (1,500 names) cannot fit in the smallest send and receive buffers
+    names = ",".join(f"DNS:host{i}.example" for i in range(1500))
+    cert, key = tmp_path / "big.pem", tmp_path / "big-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=big", "-addext", f"subjectAltName={names}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context, _ = tls.server_context(str(cert), str(key))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(listener.getsockname())
+        server_sock, _ = listener.accept()
+    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server_sock.setblocking(False)
+    client.settimeout(TIMEOUT)
+    transport = TLSTransport(server_sock, accept=context)
+    client_context = tls.client_context(None)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client_tls = client_context.wrap_bio(incoming, outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        client_tls.do_handshake()
+    client.sendall(outgoing.read())  # the ClientHello; the client reads nothing yet
+    try:
+        assert drive(transport, lambda: transport.handshake() or None) == selectors.EVENT_WRITE
+
+        def finish_client() -> None:  # now read, answer, until the client's side is done
+            while True:
+                incoming.write(client.recv(65536))
+                try:
+                    client_tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    continue
+                finally:
+                    client.sendall(outgoing.read())
+                return
+
+        thread = threading.Thread(target=finish_client, daemon=True)
+        thread.start()
+        wanted = selectors.EVENT_WRITE
+        while wanted:  # each step waits for what the previous one asked
+            with selectors.DefaultSelector() as selector:
+                selector.register(transport, wanted)
+                assert selector.select(TIMEOUT), "the handshake stalled"
+            wanted = transport.handshake()
+        thread.join(TIMEOUT)
+        assert not transport.handshaking and client_tls.version() is not None
+    finally:
+        transport.close()
+        client.close()
 
 
 @needs_openssl
