@@ -7,7 +7,8 @@ Every decision is made by ``core.client_session.ClientSession`` (the chat) and
 ``core.transfers.TransferEngine`` (files peer to peer over UDP); this file moves bytes,
 lines and file contents (``DiskStorage``). No threads, no sleeps, and only one blocking
 read: the password, typed while logging in, when nothing else can happen yet. Timers are
-the select timeout (the nearest deadline).
+the select timeout (the nearest deadline). Before the loop starts, connecting and (with
+``--tls``) the TLS handshake block, each within CONNECT_TIMEOUT.
 
 The terminal side (line editing, prompts, the progress line) is ``shell.console``.
 """
