@@ -2,6 +2,7 @@
 
     python3 client.py SERVER_IP SERVER_PORT CLIENT_UDP_PORT [--receive-dir DIR]
         [--datagram-size BYTES] [--max-receive-size SIZE] [--simulate-loss FRACTION]
+        [--tls] [--tls-ca FILE] [--known-servers FILE]
 
 Every decision is made by ``core.client_session.ClientSession`` (the chat) and
 ``core.transfers.TransferEngine`` (files peer to peer over UDP); this file moves bytes,
