@@ -148,7 +148,8 @@ class Record:
 
 @dataclass(slots=True)
 class CheckUser(Message):
-    """First login step: is this username one that may log in now?"""
+    """First login step: is there an account by this name? (Nothing more is told before the
+    password: whether it is blocked or logged in is the answer to ``Login``.)"""
 
     TYPE: ClassVar[str] = "check_user"
     username: Name
@@ -223,7 +224,7 @@ class GroupVideo(Message):
 
 @dataclass(slots=True)
 class UserOk(Message):
-    """The username may log in: ask for the password."""
+    """The username names an account: ask for the password."""
 
     TYPE: ClassVar[str] = "user_ok"
 
