@@ -5,6 +5,8 @@ PORT ?= 5000
 ATTEMPTS ?= 3
 SERVER_IP ?= 127.0.0.1
 UDP_PORT ?= 0
+# where make run-client saves received files; {username} is the user logged in
+DIR ?= received/{username}
 SERVER_FLAGS ?=
 CLIENT_FLAGS ?=
 PYTEST_FLAGS ?=
@@ -24,7 +26,7 @@ run-server: $(if $(TLS_ON),$(TLS_CERT))
 # the client trusts the server's certificate on first use (CLIENT_FLAGS="--tls-ca tls/cert.pem"
 # verifies it against the file instead)
 run-client:
-	$(PYTHON) client.py $(SERVER_IP) $(PORT) $(UDP_PORT) $(if $(TLS_ON),--tls) $(CLIENT_FLAGS)
+	$(PYTHON) client.py $(SERVER_IP) $(PORT) $(UDP_PORT) --receive-dir '$(DIR)' $(if $(TLS_ON),--tls) $(CLIENT_FLAGS)
 
 # A self-signed certificate for localhost and 127.0.0.1 (an EC key: the cheapest handshake)
 $(TLS_CERT):

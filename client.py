@@ -30,12 +30,13 @@ import sys
 import time
 from collections import deque
 from types import FrameType
-from typing import NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from core.client_session import (
-    Address, Ask, ClientSession, Datagrams, Download, Effect, Exit, Print, Prompt, Send, Status,
-    Transfers, Upload,
+    Address, Ask, ClientSession, Connect, Datagrams, Download, Effect, Exit, Print, Prompt, Send,
+    Status, Transfers, Upload,
 )
+from core.completion import Names, candidates
 from core.framing import FrameDecoder, FrameError, encode as frame
 from core.messages import Message, SchemaError, encode, replies
 from core.render import printable
@@ -44,7 +45,8 @@ from core.transfer_wire import MAX_DATAGRAM as MAX_UDP_PAYLOAD
 from core.transfers import DEFAULT_MAX_RECEIVE_SIZE, TransferEngine
 from core.udp_batching import NO_GSO, READ_SIZE, SOL_UDP, UDP_GRO, UDP_SEGMENT, gro_segment_size, gso_run_end
 from shell import tls
-from shell.console import Console, Line, ReadlineConsole, open_console
+from shell.console import Console, Line, ReadlineConsole, open_console, take_terminal
+from shell.receive_dir import USERNAME, ReceiveDirectory
 from shell.tls import TLSTransport
 
 CONNECT_TIMEOUT = 10.0
@@ -67,10 +69,16 @@ class Client:
         session: ClientSession,
         transfers: Transfers,
         *,
+        names: Names | None = None,
         simulate_loss: float = 0.0,
+        secure: Callable[[socket.socket], TLSTransport] | None = None,
     ) -> None:
         self.console = console
-        self.server = server
+        self.names = names or Names()  # heard from the server, for Tab completion
+        self.server: socket.socket | None = server  # None while reconnecting
+        self._server_address = server.getpeername()  # where to reconnect, resolved once
+        self._server_family = server.family
+        self._secure = secure  # TLS: how a reconnection is secured before logging in again
         self.udp = udp
         self.session = session
         self.transfers = transfers
@@ -81,6 +89,9 @@ class Client:
         self._lose = random.Random().random
         self.exit_code: int | None = None
         self.interrupted = False
+        self.resized = False
+        self._stdin_open = True  # until end of input
+        self._stdin_watched = True
         self._lines: list[str] = []  # lines to show, gathered so the prompt is redrawn once
         self._status: str | None = None  # the transfers' progress line (terminals only)
         self._status_changed = False
@@ -98,8 +109,13 @@ class Client:
         signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
+        if hasattr(signal, "SIGWINCH"):
+            signal.signal(signal.SIGWINCH, self._on_resize)
         self._apply(self.session.start(), time.monotonic())
         while self.exit_code is None:
+            if self.resized:
+                self.resized = False
+                self.console.resize()
             if self.interrupted:
                 self.interrupted = False
                 self._apply(self.session.interrupt(time.monotonic()), time.monotonic())
@@ -107,6 +123,7 @@ class Client:
                 self._feed(self.console.read_secret(Prompt.PASSWORD))
             if self.exit_code is not None:
                 break
+            self._watch_stdin()
             for key, mask in self.selector.select(self._timeout()):
                 key.data(mask)
                 if self.exit_code is not None:
@@ -122,6 +139,9 @@ class Client:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.interrupted = True  # acted on by the loop; the wakeup fd ends its select
+
+    def _on_resize(self, signum: int, frame: FrameType | None) -> None:
+        self.resized = True  # as for _on_signal
 
     def _on_wakeup(self, mask: int) -> None:
         try:
@@ -139,12 +159,24 @@ class Client:
         for line in lines:
             now = time.monotonic()
             if line is None:
-                self.selector.unregister(self.console.fileno())  # it would stay readable forever
+                self._stdin_open = False  # it would stay readable forever
+                self._watch_stdin()
                 self._apply(self.session.end_of_input(now), now)
             else:
                 self._apply(self.session.line(line, now), now)
             if self.exit_code is not None:
                 return
+
+    def _watch_stdin(self) -> None:
+        """Read stdin only while the console wants a line: keys typed meanwhile wait in the
+        terminal for the next prompt."""
+        wanted = self._stdin_open and self.console.wants_input
+        if wanted != self._stdin_watched:
+            self._stdin_watched = wanted
+            if wanted:
+                self.selector.register(self.console.fileno(), selectors.EVENT_READ, self._on_stdin)
+            else:
+                self.selector.unregister(self.console.fileno())
 
     # --- the server ----------------------------------------------------------------------
 
@@ -161,6 +193,7 @@ class Client:
         except OSError:
             data = b""
         if not data:
+            self._drop_server()
             self._apply(self.session.connection_lost(now), now)
             return
         try:
@@ -173,6 +206,7 @@ class Client:
             except SchemaError as exc:
                 self._apply(self.session.bad_message(str(exc)), now)
                 return
+            self.names.observe(message)
             self._apply(self.session.received(message, now), now)
             if self.exit_code is not None:
                 return
@@ -180,6 +214,8 @@ class Client:
             self._apply(self.session.bad_message(str(broken)), now)
 
     def _send(self, message: Message) -> None:
+        if self.server is None:
+            return  # lost: the session knows, and sends nothing until it has logged in again
         self.out += frame(encode(message))
         self._write_server()
 
@@ -189,7 +225,7 @@ class Client:
         except BlockingIOError:
             sent = 0
         except OSError:
-            self.out.clear()
+            self._drop_server()
             now = time.monotonic()
             self._apply(self.session.connection_lost(now), now)
             return
@@ -197,6 +233,61 @@ class Client:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
         if self.selector.get_key(self.server).events != events:
             self.selector.modify(self.server, events, self._on_server)
+
+    def _drop_server(self) -> None:
+        """Forget the connection to the server (lost, or an attempt to reconnect failed)."""
+        if self.server is not None:
+            self.selector.unregister(self.server)
+            self.server.close()
+            self.server = None
+        self.out.clear()
+        self.decoder = FrameDecoder(MAX_REPLY_FRAME)
+
+    def _connect(self, now: float) -> None:
+        """Start connecting to the server again without blocking: done when writable."""
+        sock = socket.socket(self._server_family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        error = sock.connect_ex(self._server_address)
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._apply(self.session.connect_failed(now), now)
+            return
+        self.server = sock
+        self.selector.register(sock, selectors.EVENT_WRITE, self._on_connected)
+
+    def _on_connected(self, mask: int) -> None:
+        now = time.monotonic()
+        assert self.server is not None
+        if self.server.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._drop_server()
+            self._apply(self.session.connect_failed(now), now)
+            return
+        self.server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._secure is not None:
+            self.server = self._secure(self.server)
+            self._on_handshake(0)
+            return
+        self.selector.modify(self.server, selectors.EVENT_READ, self._on_server)
+        self._apply(self.session.connected(now), now)
+
+    def _on_handshake(self, mask: int) -> None:
+        """A reconnection's TLS handshake, a step per readiness; the login waits for its end."""
+        now = time.monotonic()
+        try:
+            events = self.server.handshake()
+        except tls.TLSSetupError as exc:  # not the server trusted before: stop, as SSH does
+            self._drop_server()
+            self._apply([Print(str(exc)), Exit(1)], now)
+            return
+        except OSError:
+            self._drop_server()
+            self._apply(self.session.connect_failed(now), now)
+            return
+        if events:
+            self.selector.modify(self.server, events, self._on_handshake)
+            return
+        self.selector.modify(self.server, selectors.EVENT_READ, self._on_server)
+        self._apply(self.session.connected(now), now)
 
     # --- UDP -----------------------------------------------------------------------------
 
@@ -269,6 +360,8 @@ class Client:
                     self._apply(self.transfers.upload(effect, now), now)
                 case Download(offer):
                     self._apply(self.transfers.download(offer, now), now)
+                case Connect():
+                    self._connect(now)
                 case Status(text):
                     self._status = text  # drawn once, below the lines shown with it
                     self._status_changed = True
@@ -301,7 +394,8 @@ class Client:
         signal.set_wakeup_fd(-1)
         self.selector.close()
         for sock in (self._wakeup, self._wakeup_write, self.server, self.udp):
-            sock.close()
+            if sock is not None:
+                sock.close()
         self.console.close()
 
 
@@ -470,7 +564,7 @@ def write_chunks(fd: int, chunks: list[memoryview]) -> None:
 class DiskStorage:
     """``core.transfers.Storage`` on the disk: received files go to ``directory``."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = directory
 
     def open_source(self, path: str) -> DiskSource:
@@ -517,7 +611,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("udp_port", metavar="CLIENT_UDP_PORT",
                         help="UDP port for files from other clients (0: let the OS choose)")
     parser.add_argument("--receive-dir", default=".",
-                        help="where received files are saved (default: the working directory)")
+                        help="where received files are saved (default: the working directory); "
+                             f"{USERNAME} in it stands for the user, and the directory is made")
     parser.add_argument("--datagram-size", metavar="BYTES",
                         help=f"size of the UDP datagrams a file is sent in, and the largest accepted "
                              f"({MIN_DATAGRAM_SIZE}-{MAX_UDP_PAYLOAD}; default: {MAX_UDP_PAYLOAD} to a "
@@ -525,13 +620,17 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-receive-size", metavar="SIZE", default=str(DEFAULT_MAX_RECEIVE_SIZE),
                         help="refuse files larger than this; bytes, or with a K, M, G or T suffix "
                              "(powers of 1024; default: 4G)")
+    parser.add_argument("--reconnect", action=argparse.BooleanOptionalAction, default=None,
+                        help="when the connection to the server is lost, try again (1, 2, 4 ... 30 s "
+                             "apart) and log in again (default: on a terminal only; otherwise the "
+                             "client exits, as scripts expect)")
     parser.add_argument("--simulate-loss", metavar="FRACTION", type=float, default=0.0,
                         help="testing: drop this fraction (0-1) of the UDP datagrams this client sends")
     tls.add_client_arguments(parser)
     args = parser.parse_args(argv)
     args.server_port = _port(args.server_port, "server port", 1)
     args.udp_port = _port(args.udp_port, "UDP port", 0)
-    if not os.path.isdir(args.receive_dir):
+    if USERNAME not in args.receive_dir and not os.path.isdir(args.receive_dir):
         fail(f"Cannot use {args.receive_dir} to receive files: it is not a directory", 2)
     if args.datagram_size is not None:
         text = args.datagram_size
@@ -596,9 +695,10 @@ def connect(host: str, port: int) -> socket.socket:
     return server
 
 
-def secure(server: socket.socket, args: argparse.Namespace) -> TLSTransport:
+def secure(server: socket.socket, args: argparse.Namespace) -> tuple[TLSTransport, Callable[[socket.socket], TLSTransport]]:
     """The TLS handshake and the trust check, blocking (within CONNECT_TIMEOUT) before the
-    loop starts: nothing else can happen yet, and no byte of the chat may leave before it."""
+    loop starts: nothing else can happen yet, and no byte of the chat may leave before it.
+    Also how the loop secures a reconnection, without blocking, to the same certificate."""
     known_servers = args.known_servers or tls.default_known_servers()
     try:
         transport, notice = tls.connect(server, args.server_ip, args.server_port, args.tls_ca, known_servers)
@@ -606,7 +706,8 @@ def secure(server: socket.socket, args: argparse.Namespace) -> TLSTransport:
         fail(str(exc))
     if notice:
         print(notice, flush=True)
-    return transport
+    again = tls.reconnector(args.server_ip, args.server_port, args.tls_ca, known_servers, transport.peer_fingerprint())
+    return transport, again
 
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter
@@ -635,18 +736,24 @@ def main(argv: list[str]) -> int:
     sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets "?"
     udp = bind_udp(args.udp_port)
     server = connect(args.server_ip, args.server_port)
+    again = None
     if args.tls or args.tls_ca:
-        server = secure(server, args)
-    session = ClientSession(udp.getsockname()[1], file_size=regular_file_size)
-    console = open_console(sys.stdout)
+        server, again = secure(server, args)
+    reconnect = sys.stdin.isatty() if args.reconnect is None else args.reconnect
+    session = ClientSession(udp.getsockname()[1], file_size=regular_file_size, reconnect=reconnect)
+    names = Names()
+    console = open_console(sys.stdout, lambda before, word: candidates(before, word, names, session.username))
     # Incoming transfers may fill 3/4 of the receive buffer the kernel really granted (the
     # rest is room for the ACKs of our own uploads); the engine shares it among them.
     granted = udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     transfers = TransferEngine(
-        DiskStorage(args.receive_dir), receive_window=granted * 3 // 4, datagram_size=args.datagram_size,
+        DiskStorage(ReceiveDirectory(args.receive_dir, lambda: session.username)),
+        receive_window=granted * 3 // 4, datagram_size=args.datagram_size,
         max_receive_size=args.max_receive_size, show_progress=isinstance(console, ReadlineConsole),
     )
-    client = Client(console, server, udp, session, transfers, simulate_loss=args.simulate_loss)
+    client = Client(console, server, udp, session, transfers, names=names, simulate_loss=args.simulate_loss,
+                    secure=again)
+    give_back_terminal = take_terminal()
     try:
         return client.run()
     except BrokenPipeError:  # whoever read our output has gone; the server logs us out
@@ -654,6 +761,7 @@ def main(argv: list[str]) -> int:
         return 1
     finally:
         client.close()
+        give_back_terminal()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Callable
 import re
 import selectors
 import socket
@@ -102,7 +103,29 @@ class TLSTransport:
         self._sock = sock
         self._accept = accept  # set until the peer's first byte shows it speaks TLS
         self._refusal = refusal
+        self._verify: Callable[[bytes], None] | None = None  # a client's check of the certificate
         self.handshaking = accept is not None
+
+    @classmethod
+    def connecting(cls, sock: socket.socket, context: ssl.SSLContext, host: str,
+                   verify: Callable[[bytes], None]) -> "TLSTransport":
+        """A client's connected socket whose handshake ``handshake`` drives (a reconnection
+        inside the client's loop); ``verify`` gets the server's certificate (DER) at the end
+        and raises ``TLSSetupError`` to refuse it."""
+        transport = cls(context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False))
+        transport._verify = verify
+        transport.handshaking = True
+        return transport
+
+    @property
+    def family(self) -> int:
+        return self._sock.family
+
+    def getpeername(self) -> tuple:
+        return self._sock.getpeername()
+
+    def peer_fingerprint(self) -> str:
+        return trust.fingerprint(self._sock.getpeercert(binary_form=True))
 
     def fileno(self) -> int:
         return self._fd
@@ -135,6 +158,11 @@ class TLSTransport:
             return selectors.EVENT_READ
         except ssl.SSLWantWriteError:
             return selectors.EVENT_WRITE
+        except ssl.SSLCertVerificationError as exc:  # a client with --tls-ca
+            raise TLSSetupError(f"Refused: the certificate of {self.getpeername()[0]} does not verify: "
+                                f"{_reason(exc)}") from None
+        if self._verify is not None:
+            self._verify(self._sock.getpeercert(binary_form=True))
         self.handshaking = False
         return 0
 
@@ -229,6 +257,27 @@ def connect(sock: socket.socket, host: str, port: int, ca_file: str | None, know
     return TLSTransport(tls), notice
 
 
+def _changed(server: str, stored: str | None, presented: str, path: Path) -> str:
+    return (f"Refused: the certificate of {server} has changed: SHA-256 {stored} was trusted, "
+            f"{presented} was presented. If the server's certificate was replaced on purpose, delete the "
+            f"line for {server} from {path} and connect again.")
+
+
+def reconnector(host: str, port: int, ca_file: str | None, known_servers: Path,
+                pinned: str) -> Callable[[socket.socket], TLSTransport]:
+    """How the client secures a reconnection inside its loop: the same CA check, or the
+    certificate it trusted at start (``pinned``) and no other."""
+    context = client_context(ca_file)
+    server = trust.endpoint(host, port)
+
+    def verify(der: bytes) -> None:
+        presented = trust.fingerprint(der)
+        if ca_file is None and presented != pinned:
+            raise TLSSetupError(_changed(server, pinned, presented, known_servers))
+
+    return lambda sock: TLSTransport.connecting(sock, context, host, verify)
+
+
 def _trust_on_first_use(server: str, presented: str, path: Path) -> str | None:
     try:
         known = trust.parse_known(path.read_text(encoding="utf-8", errors="replace"))
@@ -240,10 +289,7 @@ def _trust_on_first_use(server: str, presented: str, path: Path) -> str | None:
     if verdict.trust is trust.Trust.KNOWN:
         return None
     if verdict.trust is trust.Trust.CHANGED:
-        raise TLSSetupError(
-            f"Refused: the certificate of {server} has changed: SHA-256 {verdict.stored} was trusted, "
-            f"{presented} was presented. If the server's certificate was replaced on purpose, delete the "
-            f"line for {server} from {path} and connect again.")
+        raise TLSSetupError(_changed(server, verdict.stored, presented, path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:

@@ -167,7 +167,7 @@ def test_msgto_errors(server: ServerProcess, start: Start) -> None:
     assert yoda.command("/msgto Ghost hi") == ["Error. User Ghost does not exist."]
     assert yoda.command("/msgto Luke hi") == ["Error. Luke is not active."]
     assert yoda.command("/msgto Luke " + "x" * 1001) == ["Error. The message is longer than 1000 characters."]
-    assert yoda.command("/msgto Luke bad\x1b[2Jtext") == ["Error. The message contains control characters."]
+    assert yoda.command("/msgto Luke bad\x1b[2Jtext") == ["Error. The message contains a control character (U+001B)."]
     assert yoda.command("/msgto 3 Luke Leia hi") == ["Error. Usage: /msgto N USER1 .. USERN MESSAGE"]
     assert server.log("messagelog.txt") == ""
 
@@ -250,7 +250,8 @@ def test_groups(server: ServerProcess, start: Start) -> None:
 def test_help_and_invalid_commands(server: ServerProcess, start: Start) -> None:
     yoda = start(server).login("Yoda")
     lines = yoda.command("/help")
-    assert len(lines) == 10 and lines[0].startswith("/msgto USERNAME MESSAGE ")
+    assert len(lines) == 12 and lines[0].startswith("/msgto USERNAME MESSAGE ")
+    assert [line.split("  ")[0] for line in yoda.command("/help groupmsg")] == ["/groupmsg GROUPNAME MESSAGE"]
     assert yoda.command("/whoami") == ["Error. Invalid command!"]
     assert yoda.command("hello there") == ["Error. Invalid command!"]
     assert yoda.command("/logout now") == ["Error. Usage: /logout"]

@@ -22,6 +22,7 @@ from typing import Iterator
 import pytest
 
 from core import trust
+from core.client_session import RECONNECTED, RECONNECTING
 from tests.client_harness import LOGIN_LINES, PROMPT, ClientProcess, Output
 from tests.harness import CREDENTIALS, PASSWORDS, ROOT, TIMEOUT, LineReader, ServerProcess, wait_for
 
@@ -371,3 +372,35 @@ def test_a_server_with_an_unusable_certificate_says_so_in_one_line(tmp_path: Pat
     assert result.stderr.splitlines() == [
         f"Cannot use the TLS certificate {tmp_path / 'missing.pem'} and key {tmp_path / 'missing.pem'}: "
         "No such file or directory"]
+
+
+# --- reconnecting ---------------------------------------------------------------------------------
+
+def test_a_reconnection_is_secured_in_the_loop_and_only_to_the_certificate_trusted_at_start(
+        tmp_path: Path, certificates: tuple[Certificate, Certificate]) -> None:
+    first, second = certificates
+    known = tmp_path / "known_servers"
+    server = TLSServer(tmp_path / "server", first)
+    port = server.port
+    client = ClientProcess(port, tmp_path / "yoda", "--tls", "--known-servers", str(known), "--reconnect")
+    try:
+        client.output.expect(r"The server .* is new; .*")
+        login_after_notice(client, "Yoda")
+        server.kill()
+        client.output.expect(re.escape(RECONNECTING))
+        server = TLSServer(tmp_path / "server", first, port)  # the same certificate: logged in again
+        client.output.expect(re.escape(RECONNECTED))
+        server.output.expect(re.compile(r"Yoda login from 127\.0\.0\.1 .*"))
+        server.kill()
+        client.output.expect(re.escape(RECONNECTING))
+        server = TLSServer(tmp_path / "server", second, port)  # another one: refused, the client stops
+        assert client.output.rest()[-1] == (
+            f"Refused: the certificate of 127.0.0.1:{port} has changed: SHA-256 {first.fingerprint} was "
+            f"trusted, {second.fingerprint} was presented. If the server's certificate was replaced on "
+            f"purpose, delete the line for 127.0.0.1:{port} from {known} and connect again.")
+        assert client.exit_code() == 1
+        assert no_traceback(client.output.lines)
+        assert not any("Yoda login" in line for line in server.output.settle())
+    finally:
+        client.stop()
+        server.stop()
