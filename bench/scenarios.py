@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import p2pvideo
+from . import cluster, p2pvideo
 from .common import CpuWindow, ServerProcess, cleanup, make_data_dir, now, percentile
 from .load import Workers, split
 
@@ -351,4 +351,5 @@ BENCHMARKS: dict[str, Callable[[Sizes, Path | None], list[dict[str, Any]]]] = {
     "login": login,
     "group": group,
     "p2pvideo": p2pvideo_rows,
+    "cluster": cluster.cluster,
 }
