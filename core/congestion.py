@@ -22,7 +22,8 @@ Loss alone does not slow it: random loss leaves the delivery rate as it was. A r
 (or as many as make 50 datagrams) that loses more than 2% of its datagrams, and at least
 four, which is what a full queue does,
 caps the data in flight at 0.7 times what was in flight then (``inflight_hi``, as in BBRv2);
-the cap grows back, faster each clean round trip, once the losses stop.
+the cap grows back by a datagram each clean round trip (as TCP's window does, so flows that
+share a full queue converge), and is lifted once it is far above the BDP.
 
 Delivery-rate samples follow draft-cheng-iccrg-delivery-rate-estimation: each datagram
 carries a ``SendState`` snapshot of the connection's delivered count when it was sent, and
@@ -116,7 +117,6 @@ class Controller:
         self._full_bw = 0.0
         self._full_bw_rounds = 0
         self._filled_pipe = False
-        self._cap_growth = 1  # datagrams the loss cap grows by next round, doubling while clean
         self._cycle_index = 0
         self._cycle_stamp = now
         self._probe_rtt_done: float | None = None
@@ -220,11 +220,9 @@ class Controller:
         if delivered + lost >= LOSS_EPOCH_DATAGRAMS * size:
             if lost >= LOSS_MIN_DATAGRAMS * size and lost > LOSS_THRESHOLD * (delivered + lost):
                 self.inflight_hi = max(MIN_WINDOW * size, LOSS_BACKOFF * min(self.inflight_hi, inflight + lost))
-                self._cap_growth = 1
                 self._filled_pipe = True  # a queue overflowed: Startup has found the limit
             elif not math.isinf(self.inflight_hi):
-                self.inflight_hi += self._cap_growth * size
-                self._cap_growth = min(2 * self._cap_growth, 1024)
+                self.inflight_hi += size  # additive, as TCP grows: flows sharing the queue converge
                 if self.inflight_hi > 4 * max(self.bdp(), self.cwnd):
                     self.inflight_hi = _NO_CAP
             self._epoch_delivered_at_start = self.delivered

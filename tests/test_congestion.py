@@ -5,11 +5,14 @@ rate, on a fake clock); one real transfer through a shaped veth between two name
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench import shaped_link as shaped
+from bench.transfer_loopback import write_random_file
 from core.congestion import LOSS_BACKOFF, MIN_RTT_LIFETIME, PACING_BURST, Controller, Mode
 from core.transfer import ETHERNET_DATAGRAM_SIZE, Completed
 from core.transfer_wire import DATA_HEADER_SIZE
@@ -177,3 +180,24 @@ def test_light_random_loss_leaves_the_window_alone() -> None:
     feed_acks(controller, 1e6, 0.02, now, 2.0, lose_every=100)  # 1%
     assert controller.inflight_hi == float("inf")
     assert controller.btlbw == pytest.approx(1e6, rel=0.1)
+
+
+# -- a real link --------------------------------------------------------------------------
+
+
+def test_a_real_shaped_link_is_used_without_flooding_it(tmp_path: Path) -> None:
+    """The engine over real sockets through a 10 Mbit/s tbf-shaped veth between two
+    namespaces (bench/shaped_link.py measures the same at full size)."""
+    why = shaped.missing_tools()
+    if why:
+        pytest.skip(f"a shaped link between namespaces {why}")
+    source = tmp_path / "file.bin"
+    write_random_file(source, 2 * 2**20)
+    out = tmp_path / "out"
+    out.mkdir()
+    with shaped.shaped_link("10mbit", tag="t") as namespaces:
+        result = shaped.transfer(namespaces, source, out, congestion_control=True)
+    assert result["completed"]
+    assert (out / "received").read_bytes() == source.read_bytes()
+    assert result["offered"] <= 1.2  # the window alone offered 23 times what was needed here
+    assert result["bytes"] / result["seconds"] >= 0.5 * 10e6 / 8
