@@ -1,6 +1,6 @@
 """The UDP file transfer through a shaped link between two network namespaces (issue 12).
 
-    python3 -m bench.shaped_link [--quick] [--no-congestion-control] [--json PATH]
+    python3 -m bench.shaped_link [--quick] [--no-congestion-control] [--no-loopback] [--only TEXT] [--json PATH]
 
 Builds two namespaces joined by a veth pair, shapes the sender's side with
 ``tc qdisc add dev X root tbf rate R burst 32kbit latency 50ms`` and runs the transfer
@@ -13,6 +13,11 @@ goodput (file bytes over the transfer's time) as a share of the link, DATA datag
 over those needed, and the TCP flow's share while the transfer ran. Needs root, ``ip``,
 ``tc`` and (for the loss case) ``iptables``; says which is missing and stops otherwise.
 Everything it creates carries the process id in its name and is removed at the end.
+
+First, what the controller costs where the CPU, not the link, is the bottleneck: loopback
+transfers (``bench/transfer_loopback.py``) with the controller and without it, alternately,
+at the default datagram size and at 1,400 bytes (target: at least 0.9 times as fast), and
+at 10% loss (intact).
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from typing import Any, Iterator
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.transfer_loopback import SOCKET_BUFFER, Transfer, TransferLoop, write_random_file
-from core.transfer import ETHERNET_DATAGRAM_SIZE, Completed, Receiver, Sender
+from bench.transfer_loopback import SOCKET_BUFFER, Transfer, TransferLoop, transfer_once, write_random_file
+from core.transfer import ETHERNET_DATAGRAM_SIZE, LOOPBACK_DATAGRAM_SIZE, Completed, Receiver, Sender
 from core.transfer_wire import DATA_HEADER_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,6 +250,7 @@ def shared_with_tcp(namespaces: tuple[str, str], source: Path, work: Path, conge
     during = [(t, b) for t, b in counts if start <= t <= end]
     (t0, b0), (t1, b1) = during[0], during[-1]
     result["tcp_rate"] = (b1 - b0) / (t1 - t0)
+    result["tcp_per_second"] = [round((b - b0) / 1e6, 2) for t, b in during[::20]]
     return result
 
 
@@ -280,6 +286,38 @@ def run(quick: bool, congestion_control: bool, only: str = "") -> list[dict[str,
     return results
 
 
+def loopback(quick: bool, repeat: int = 3) -> list[dict[str, Any]]:
+    """What the controller costs where the CPU is the bottleneck: loopback transfers with it
+    and without it, alternately, ``repeat`` times each; the median of each."""
+    results = []
+    with tempfile.TemporaryDirectory() as sending, tempfile.TemporaryDirectory() as receiving:
+        source = Path(sending) / "file.bin"
+        write_random_file(source, (16 if quick else 64) * 2**20)
+        for name, datagram, loss in (("loopback, default datagram", LOOPBACK_DATAGRAM_SIZE, 0.0),
+                                     ("loopback, 1,400 bytes", 1_400, 0.0),
+                                     ("loopback, 10% loss", LOOPBACK_DATAGRAM_SIZE, 0.1)):
+            runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+            for _ in range(repeat):
+                for controlled in (False, True):
+                    runs[controlled].append(transfer_once(source, Path(receiving), datagram, loss,
+                                                          congestion_control=controlled))
+            on, off = (sorted(runs[c], key=lambda r: r["MBps"])[repeat // 2] for c in (True, False))
+            results.append({"case": name, "on_MBps": on["MBps"], "off_MBps": off["MBps"],
+                            "ratio": on["MBps"] / off["MBps"],
+                            "intact": all(r["intact"] and not r["leftovers"] for c in runs for r in runs[c])})
+    return results
+
+
+def report_loopback(results: list[dict[str, Any]]) -> str:
+    lines = [f"{'case':<28} {'on MB/s':>8} {'off MB/s':>9} {'on/off':>7} {'target':>7}  result"]
+    for r in results:
+        target = None if "loss" in r["case"] else 0.9
+        met = "" if target is None else "met" if r["ratio"] >= target else "MISSED"
+        lines.append(f"{r['case']:<28} {r['on_MBps']:>8.0f} {r['off_MBps']:>9.0f} {r['ratio']:>7.2f} "
+                     f"{target or '':>7}  {'intact' if r['intact'] else 'NOT INTACT'} {met}")
+    return "\n".join(lines)
+
+
 def report(results: list[dict[str, Any]], congestion_control: bool) -> str:
     lines = [f"shaped link (tbf burst 32kbit latency 50ms on the sender's veth), 1,472-byte datagrams, "
              f"congestion control {'on' if congestion_control else 'OFF'}",
@@ -313,16 +351,19 @@ def main(argv: list[str]) -> int:
                             help="the receiver's window alone, as before issue 12")
         parser.add_argument("--json", type=Path, help="also write the results here")
         parser.add_argument("--only", default="", metavar="TEXT", help="only the cases whose name contains TEXT")
+        parser.add_argument("--no-loopback", dest="loopback", action="store_false",
+                            help="skip the loopback comparison (controller on against off)")
         args = parser.parse_args(argv)
+        compared = loopback(args.quick) if args.loopback else []
+        if compared:
+            print(report_loopback(compared), flush=True)
         why = missing_tools()
-        if why:
-            print(f"shaped link: cannot run: {why}")
-            return 0
-        results = run(args.quick, args.congestion_control, args.only)
-        print(report(results, args.congestion_control))
+        results = [] if why else run(args.quick, args.congestion_control, args.only)
+        print(f"shaped link: cannot run: {why}" if why else report(results, args.congestion_control))
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-        return 0 if all(r.get("completed", True) for r in results) else 1
+            args.json.write_text(json.dumps({"loopback": compared, "shaped": results}, indent=2) + "\n")
+        intact = all(r["intact"] for r in compared) and all(r.get("completed", True) for r in results)
+        return 0 if intact else 1
     return 0
 
 

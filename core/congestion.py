@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 STARTUP_GAIN = 2 / math.log(2)  # the smallest gain that doubles the delivery rate each round
-CWND_GAIN = 2.0
+CWND_GAIN = 1.5  # the receiver's ACK delay is in the BDP already; less leaves competing TCP more
 PROBE_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 BTLBW_ROUNDS = 10  # the bandwidth filter's window, in round trips
 MIN_RTT_LIFETIME = 5.0  # seconds; then ProbeRTT measures it again
@@ -49,7 +49,7 @@ FULL_BW_GROWTH = 1.25
 FULL_BW_ROUNDS = 3
 INITIAL_WINDOW = 10  # datagrams, as TCP (RFC 6928) and QUIC start
 MIN_WINDOW = 4  # datagrams
-PACING_BURST = 0.002  # seconds of data the pacer may release at once
+PACING_BURST = 0.005  # seconds of data the pacer may release at once (a late loop loses no more)
 LOSS_THRESHOLD = 0.02  # losing more than this fraction of what was sent means a full queue...
 LOSS_MIN_DATAGRAMS = 4  # ...if at least this many were lost...
 LOSS_EPOCH_DATAGRAMS = 50  # ...out of at least this many (and a round trip): one random loss is not
@@ -221,12 +221,12 @@ class Controller:
             if lost >= LOSS_MIN_DATAGRAMS * size and lost > LOSS_THRESHOLD * (delivered + lost):
                 self.inflight_hi = max(MIN_WINDOW * size, LOSS_BACKOFF * min(self.inflight_hi, inflight + lost))
                 self._filled_pipe = True  # a queue overflowed: Startup has found the limit
-            elif not math.isinf(self.inflight_hi):
-                self.inflight_hi += size  # additive, as TCP grows: flows sharing the queue converge
-                if self.inflight_hi > 4 * max(self.bdp(), self.cwnd):
-                    self.inflight_hi = _NO_CAP
             self._epoch_delivered_at_start = self.delivered
             self._epoch_lost = 0
+        if not self._round_lost and not math.isinf(self.inflight_hi):
+            self.inflight_hi += size  # additive, as TCP grows: flows sharing the queue converge
+            if self.inflight_hi > 4 * max(self.bdp(), self.cwnd):
+                self.inflight_hi = _NO_CAP
         if not self._filled_pipe and not self._app_limited_until:
             if self.btlbw >= self._full_bw * FULL_BW_GROWTH:
                 self._full_bw = self.btlbw
