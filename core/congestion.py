@@ -6,7 +6,7 @@ delivery rate measured over the last ten round trips) and the round-trip propaga
 ``min_rtt`` (the smallest RTT over the last five seconds) -- and derives from it
 
 - the **pacing rate**, ``gain * btlbw``: datagrams leave at that rate, in bursts of at most
-  two milliseconds' worth (``allowance``/``next_send_time``), so the bottleneck's queue
+  ten milliseconds' worth (``allowance``/``next_send_time``), so the bottleneck's queue
   never sees a window's worth at once;
 - the **congestion window**, a small multiple of the bandwidth-delay product: the bytes in
   flight never exceed it (nor the receiver's window, which stays the sender's hard cap).
@@ -49,7 +49,7 @@ FULL_BW_GROWTH = 1.25
 FULL_BW_ROUNDS = 3
 INITIAL_WINDOW = 10  # datagrams, as TCP (RFC 6928) and QUIC start
 MIN_WINDOW = 4  # datagrams
-PACING_BURST = 0.005  # seconds of data the pacer may release at once (a late loop loses no more)
+PACING_BURST = 0.01  # seconds of data the pacer may release at once: what a late loop may catch up
 LOSS_THRESHOLD = 0.02  # losing more than this fraction of what was sent means a full queue...
 LOSS_MIN_DATAGRAMS = 4  # ...if at least this many were lost...
 LOSS_EPOCH_DATAGRAMS = 50  # ...out of at least this many (and a round trip): one random loss is not
@@ -131,9 +131,11 @@ class Controller:
     def advance(self, now: float) -> None:
         """Let the pacer's tokens accrue up to ``now``."""
         if now > self._tokens_at:
-            burst = max(2 * self.datagram_size, self.pacing_rate * PACING_BURST)
-            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * self.pacing_rate)
+            self._tokens = min(self._burst(), self._tokens + (now - self._tokens_at) * self.pacing_rate)
             self._tokens_at = now
+
+    def _burst(self) -> float:
+        return max(2 * self.datagram_size, self.pacing_rate * PACING_BURST)
 
     def allowance(self) -> int:
         """Bytes the pacer lets go now (as of the last ``advance``)."""
@@ -305,5 +307,5 @@ class Controller:
         if self.mode is Mode.PROBE_RTT:
             cwnd = self._probe_rtt_cwnd()
         else:
-            cwnd = self._cwnd_gain * self.bdp() + 2 * max(2 * self.datagram_size, self.pacing_rate * PACING_BURST)
+            cwnd = self._cwnd_gain * self.bdp()
         self.cwnd = int(max(MIN_WINDOW * self.datagram_size, min(cwnd, self.inflight_hi)))

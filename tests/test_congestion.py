@@ -79,9 +79,10 @@ def test_keeps_the_queue_short_once_started() -> None:
     send(int(rate * 5), link)
     steady = sorted(b for t, b in backlog if t > 1.0)
     assert steady, "the transfer ended during Startup"
-    # 15 ms of the link in the median, 30 ms at worst (probing), against 200 ms it could hold
-    assert steady[len(steady) // 2] <= 0.015 * rate
-    assert steady[-1] <= 0.030 * rate
+    # against 200 ms it could hold: 20 ms of the link in the median (a pacing burst is 10 ms,
+    # the ACK delay 5), 40 ms at worst (probing)
+    assert steady[len(steady) // 2] <= 0.020 * rate
+    assert steady[-1] <= 0.040 * rate
 
 
 def test_two_flows_share_the_link() -> None:
