@@ -12,7 +12,8 @@ their events. One loop drives every transfer of a client, in both directions:
     transfer.closed -> forget it
 
 The receiver speaks first (HELLO, repeated until data arrives). The sender keeps a window
-of chunks in flight, bounded by what the receiver's socket buffer can hold, and learns from
+of chunks in flight, bounded by what the receiver's socket buffer can hold and, below that,
+paced and bounded by a congestion controller (core/congestion.py), and learns from
 cumulative + selective ACKs what to resend (RACK, with an RFC 6298 timeout behind it). A
 FIN carries the SHA-256 of the file; the receiver answers DONE, with its own digest, only
 when the digest of what it delivered matches. Every wait is bounded, so each side ends
