@@ -146,6 +146,7 @@ def main(argv: list[str]) -> int:
     for name in names:
         t = time.monotonic()
         profile = args.profile / f"{name}{suffix}" if args.profile else None
+        reference.sample()
         try:
             produced = BENCHMARKS[name](sizes, profile)
         except Exception as exc:
@@ -161,6 +162,7 @@ def main(argv: list[str]) -> int:
             (args.profile / f"{name}.txt").write_text(profiling.summarize(profile))
     elapsed = time.monotonic() - began
     info["busy_cpus_after"] = busy_cpus()
+    info["interpreter_ns"] = round(reference.step_ns())
     command = "python3 -m bench" + (" " + " ".join(argv) if argv else "")
     print()
     print(table(rows))
