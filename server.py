@@ -254,24 +254,23 @@ class Server:
     def _handle(self, conn: Connection, now: float) -> list[Effect]:
         """Handle up to FRAMES_PER_TURN of the connection's requests, in order.
 
-        Frames are taken one at a time, so a bad one is refused only after every request
-        before it was handled, and the larger frame limit applies from the first frame after
-        the login.
+        A bad frame is refused only after every request before it was handled (``take``
+        stops before it; the next turn's ``take`` raises), and the larger frame limit applies
+        from the first frame after the login that ``take`` has not yet reached.
         """
         effects: list[Effect] = []
         # looked up once per turn, not once per request: this loop is the relay's hot path
-        next_frame = conn.decoder.next_frame
         handle = self.chat.handle
         decode = requests.decode
         conn_id = conn.conn_id
-        for _ in range(FRAMES_PER_TURN):
-            try:
-                payload = next_frame()
-            except FrameError as exc:
-                return effects + self._reject(conn, f"Error. Bad frame: {exc}.")
-            if payload is None:
-                del self._backlog[conn]  # all handled: read it again
-                break
+        decoder = conn.decoder
+        try:
+            payloads = decoder.take(FRAMES_PER_TURN)
+        except FrameError as exc:
+            return self._reject(conn, f"Error. Bad frame: {exc}.")
+        if len(payloads) < FRAMES_PER_TURN and not decoder.ready:
+            del self._backlog[conn]  # all taken: read it again
+        for payload in payloads:
             try:
                 replies = handle(conn_id, decode(payload), now)
             except SchemaError as exc:
@@ -282,8 +281,8 @@ class Server:
             effects += replies
             if replies and type(replies[-1]) is Close:  # a Close is always the last effect of a request
                 break  # whatever it sent after its own end is ignored
-            if conn.decoder.max_frame < self.limits.max_frame and self.chat.sessions[conn_id].username:
-                conn.decoder.max_frame = self.limits.max_frame
+            if decoder.max_frame < self.limits.max_frame and self.chat.sessions[conn_id].username:
+                decoder.max_frame = self.limits.max_frame
         return effects
 
     def _reject(self, conn: Connection, text: str) -> list[Effect]:
@@ -303,18 +302,22 @@ class Server:
 
     def _apply(self, effects: list[Effect], now: float) -> None:
         closes: list[int] = []
-        for effect in effects:
-            if type(effect) is Append:
-                self.logs.append(effect.log, effect.line)
-        self.logs.flush()  # every message is in its log before its acknowledgement is queued
+        sends: list[Send] = []
+        log = self.logs.append
         for effect in effects:
             kind = type(effect)  # effects are final classes; type() is the cheap dispatch
             if kind is Send:
-                self._queue(effect.conns, effect.message)
+                sends.append(effect)
+            elif kind is Append:
+                log(effect.log, effect.line)
             elif kind is Announce:
                 self._lines.append(effect.line)
             elif kind is Close:
                 closes.append(effect.conn)
+        self.logs.flush()  # every message is in its log before its acknowledgement is queued
+        queue = self._queue
+        for send in sends:
+            queue(send.conns, send.message)
         for conn_id in closes:
             conn = self.connections.get(conn_id)
             if conn is not None:
