@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import heapq
 import math
 import os
 import resource
@@ -38,7 +39,11 @@ from typing import Callable, NoReturn, TextIO
 from core import logformat, passwords
 from core.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode as frame
 from core.messages import MAX_PASSWORD, Code, Error, Message, SchemaError, encode, requests, valid_password
-from core.rules import Announce, Append, Chat, Close, Effect, Send, parse_credentials
+from core.login_throttle import DEFAULT_BURST, DEFAULT_RATE, LoginThrottle
+from core.rules import (
+    DEFAULT_MAX_GROUPS, DEFAULT_MAX_GROUPS_PER_USER, Announce, Append, Chat, Close, Effect, Hold, Send,
+    parse_credentials, unusable_accounts,
+)
 
 # One flooding client cannot starve the rest: per turn it gets one read and at most
 # FRAMES_PER_TURN of its requests handled; until its decoder holds no whole frame it is not
@@ -69,6 +74,7 @@ class Connection:
     login_deadline: float
     out: bytearray = field(default_factory=bytearray)
     closing: bool = False  # close once ``out`` is written; read no more
+    held: bool = False  # read nothing, handle nothing until the core's Hold ends
     events: int = selectors.EVENT_READ  # what the selector watches for
 
 
@@ -159,6 +165,7 @@ class Server:
         self.userlog_version = -1
         self.accept_resume: float | None = None  # while accepting is paused: when to try again
         self._backlog: dict[Connection, None] = {}  # read, and maybe holding whole frames not yet handled
+        self._holds: list[tuple[float, int, Connection]] = []  # a heap of (until, id, connection)
         self._dirty: list[Connection] = []  # connections that got output this turn
         self._lines: list[str] = []  # console lines of this turn
 
@@ -181,6 +188,7 @@ class Server:
                 self._write(conn)
             if mask & selectors.EVENT_READ and not conn.closing and conn not in self._backlog:
                 effects += self._receive(conn, now)
+        effects += self._release_holds(now)
         for conn in list(self._backlog):
             effects += self._handle(conn, now)
         effects += self._expire_logins(now)
@@ -195,6 +203,8 @@ class Server:
         while self.login_queue and self.login_queue[0].conn_id not in self.connections:
             self.login_queue.popleft()
         deadlines = [self.login_queue[0].login_deadline] if self.login_queue else []
+        if self._holds:
+            deadlines.append(self._holds[0][0])
         if self.accept_resume is not None:
             deadlines.append(self.accept_resume)
         return max(0.0, min(deadlines) - time.time()) if deadlines else None
@@ -270,7 +280,7 @@ class Server:
             return self._reject(conn, f"Error. Bad frame: {exc}.")
         if len(payloads) < FRAMES_PER_TURN and not decoder.ready:
             del self._backlog[conn]  # all taken: read it again
-        for payload in payloads:
+        for index, payload in enumerate(payloads):
             try:
                 replies = handle(conn_id, decode(payload), now)
             except SchemaError as exc:
@@ -279,10 +289,43 @@ class Server:
                 traceback.print_exc()
                 replies = self._reject(conn, "Error. Internal server error.")
             effects += replies
-            if replies and type(replies[-1]) is Close:  # a Close is always the last effect of a request
+            last = type(replies[-1]) if replies else None
+            if last is Close:  # a Close is always the last effect of a request
                 break  # whatever it sent after its own end is ignored
+            if last is Hold:  # so is a Hold
+                self._hold(conn, replies[-1].until)
+                decoder.unread(payloads[index + 1:])  # handled after the held one
+                break
             if decoder.max_frame < self.limits.max_frame and self.chat.sessions[conn_id].username:
                 decoder.max_frame = self.limits.max_frame
+        return effects
+
+    def _hold(self, conn: Connection, until: float) -> None:
+        """Stop reading and handling ``conn`` until ``until`` (see rules.Hold)."""
+        conn.held = True
+        self._backlog.pop(conn, None)
+        heapq.heappush(self._holds, (until, conn.conn_id, conn))
+        self._write(conn)  # watch it no more for reading
+
+    def _release_holds(self, now: float) -> list[Effect]:
+        """Hand the core the requests it held whose time has come; read their connections again."""
+        effects: list[Effect] = []
+        while self._holds and self._holds[0][0] <= now:
+            conn = heapq.heappop(self._holds)[2]
+            if conn.conn_id not in self.connections or conn.closing:
+                continue
+            conn.held = False
+            try:
+                replies = self.chat.resume(conn.conn_id, now)
+            except Exception:  # as in _handle: a bug costs one connection, never the server
+                traceback.print_exc()
+                replies = self._reject(conn, "Error. Internal server error.")
+            effects += replies
+            if replies and type(replies[-1]) is Hold:
+                self._hold(conn, replies[-1].until)
+            elif not (replies and type(replies[-1]) is Close):
+                self._backlog[conn] = None  # what it sent meanwhile, then read it again
+                self._write(conn)
         return effects
 
     def _reject(self, conn: Connection, text: str) -> list[Effect]:
@@ -375,7 +418,7 @@ class Server:
         if conn.closing and not conn.out:
             self._dirty.append(conn)  # finished: dropped by _flush_output
             return
-        events = (0 if conn.closing else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.out else 0)
+        events = (0 if conn.closing or conn.held else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.out else 0)
         if events != conn.events:
             self.selector.modify(conn.sock, events, conn)
             conn.events = events
@@ -472,6 +515,15 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                              "(default: 1048576)")
     parser.add_argument("--max-connections", type=at_least(int, 1), default=10_000,
                         help="connections served at once; one more gets an error and is closed (default: 10000)")
+    parser.add_argument("--failed-login-burst", type=at_least(int, 1), default=DEFAULT_BURST,
+                        help=f"failed logins one address may make at once (default: {DEFAULT_BURST})")
+    parser.add_argument("--failed-login-rate", type=at_least(float, 0), default=DEFAULT_RATE,
+                        help=f"failed logins per second one address may make after that; its further logins "
+                             f"wait their turn (default: {DEFAULT_RATE:g}; 0: no limit)")
+    parser.add_argument("--max-groups-per-user", type=at_least(int, 0), default=DEFAULT_MAX_GROUPS_PER_USER,
+                        help=f"groups one user may create (default: {DEFAULT_MAX_GROUPS_PER_USER})")
+    parser.add_argument("--max-groups", type=at_least(int, 0), default=DEFAULT_MAX_GROUPS,
+                        help=f"groups the server holds at most (default: {DEFAULT_MAX_GROUPS})")
     parser.add_argument("--fsync", action="store_true",
                         help="fsync the logs every turn before acknowledging: messages survive a power cut")
     parser.add_argument("--quiet", action="store_true", help="print nothing but start-up errors")
@@ -551,6 +603,8 @@ def load_accounts(path: Path) -> dict[str, str]:
         fail(f"Cannot read {path}: {exc.strerror}")
     except (UnicodeDecodeError, ValueError) as exc:
         fail(f"Cannot read {path}: {exc}")
+    for problem in unusable_accounts(accounts):
+        print(f"Warning: in {path}, {problem}", file=sys.stderr)
     for username, stored in accounts.items():
         if passwords.malformed_hash(stored):  # name the account, never the password
             print(f"Warning: the password of {username} in {path} starts with {passwords.PREFIX!r} but is "
@@ -578,7 +632,9 @@ def main(argv: list[str]) -> int:
     limits = Limits(args.max_frame, min(LOGIN_FRAME, args.max_frame), args.login_timeout, args.max_output,
                     max_connections)
     listener = listen(args.host, args.port)
-    chat = Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history)
+    chat = Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history,
+                login_throttle=LoginThrottle(args.failed_login_burst, args.failed_login_rate),
+                max_groups_per_user=args.max_groups_per_user, max_groups=args.max_groups)
     server = Server(listener, chat, logs, limits, None if args.quiet else sys.stdout)
     host, port = listener.getsockname()
     print(f"TESSENGER server listening on {host}:{port} ({len(accounts)} accounts, "

@@ -96,6 +96,12 @@ class FrameDecoder:
         self._start = start
         return frames
 
+    def unread(self, frames: list[bytes]) -> None:
+        """Put back ``frames``, the last ones ``take`` returned, to be taken again first
+        (a server that stops handling a connection midway through a batch)."""
+        if frames:
+            self._buffer[self._start:self._start] = b"".join([encode(frame) for frame in frames])
+
     @property
     def ready(self) -> bool:
         """Whether ``take`` would now return a frame or raise."""

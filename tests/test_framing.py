@@ -323,6 +323,20 @@ def test_take_on_an_empty_or_partial_buffer_is_empty() -> None:
     assert decoder.buffered == 0
 
 
+@given(st.lists(st.binary(max_size=20), max_size=8), st.integers(min_value=0, max_value=8), st.binary(max_size=30))
+def test_unread_frames_come_out_again_first(payloads: list[bytes], handled: int, partial: bytes) -> None:
+    decoder = FrameDecoder()
+    tail = encode(b"next")[:-1] if partial else b""  # a frame not yet whole stays behind them
+    decoder.append(b"".join(map(encode, payloads)) + tail)
+    taken = decoder.take(len(payloads))
+    assert taken == payloads
+    decoder.unread(taken[handled:])
+    decoder.append(b"t" if tail else b"")
+    again = decoder.take(100)
+    assert again == payloads[handled:] + ([b"next"] if tail else [])
+    assert decoder.buffered == 0
+
+
 def test_the_limit_may_change_between_calls() -> None:
     decoder = FrameDecoder(max_frame=8)
     decoder.append(encode(b"login") + encode(b"x" * 100) + encode(b"y" * 1000))
