@@ -152,9 +152,11 @@ class CpuWindow:
         busy = [(b - a) / elapsed for a, b in zip(busy0, busy1)]
         server, load = cpu[0], sum(cpu[1:])
         others = max(0.0, (machine1 - machine0) / elapsed - server - load)
-        # the server had time to spare while a load process could not go faster: the figure
-        # is the load generator's, and the server's own is higher
-        load_bound = 1 - busy[0] >= IDLE and max(busy[1:], default=0.0) >= SATURATED
+        # the server had time to spare while a load process could not go faster, or the whole
+        # machine was taken (by the load and everyone else): the figure is the load side's,
+        # and the server's own is higher
+        saturated = max(busy[1:], default=0.0) >= SATURATED or server + load + others >= SATURATED * (os.cpu_count() or 1)
+        load_bound = 1 - busy[0] >= IDLE and saturated
         return {"server_cpu": server, "load_cpu": load, "others_cpu": others, "server_busy": busy[0],
                 "load_busy_max": max(busy[1:], default=0.0), "load_bound": load_bound}
 

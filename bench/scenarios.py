@@ -77,7 +77,7 @@ def _both(*verdicts: bool | None) -> bool | None:
 
 def _cpu_note(run: dict[str, Any], per: str = "msg") -> str:
     return (f"server CPU {run['server_cpu']:.0%} = {run['cpu_us']:.1f} us = {run['steps']:.1f} steps per {per}"
-            f"{' (LOAD-BOUND: the load processes were saturated while the server idled)' if run['load_bound'] else ''}")
+            f"{' (LOAD-BOUND: the load processes or the whole machine were saturated while the server idled)' if run['load_bound'] else ''}")
 
 
 def _per_message(cpu: dict[str, Any], rate: float) -> dict[str, Any]:
