@@ -51,6 +51,7 @@ hash-password:
 bench:
 	@$(MAKE) --no-print-directory system-tools SYSTEM_TOOLS=redis-server:redis-server
 	$(PYTHON) -m bench $(if $(QUICK),--quick,)
+	$(PYTHON) -m bench.shaped_link $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

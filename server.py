@@ -35,7 +35,7 @@ import traceback
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, TextIO
 
 from core import logformat, passwords
 from core.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode as frame
@@ -45,6 +45,9 @@ from core.rules import (
     DEFAULT_MAX_GROUPS, DEFAULT_MAX_GROUPS_PER_USER, Announce, Append, Chat, Close, Effect, Hold, Send,
     parse_credentials, unusable_accounts,
 )
+
+if TYPE_CHECKING:
+    from shell.cluster import Node as ClusterNode
 
 # One flooding client cannot starve the rest: per turn it gets one read and at most
 # FRAMES_PER_TURN of its requests handled; until its decoder holds no whole frame it is not
@@ -153,17 +156,23 @@ class Logs:
 
 
 class Server:
-    def __init__(self, listener: socket.socket, chat: Chat, logs: Logs, limits: Limits, console: TextIO | None) -> None:
+    def __init__(self, listener: socket.socket, chat: Chat, logs: Logs, limits: Limits, console: TextIO | None,
+                 cluster: "ClusterNode | None" = None) -> None:
         self.listener = listener
+        self.selector = selectors.DefaultSelector()
+        # --- cluster seam (--redis): the node's chat and logs stand in for this process's own
+        self.cluster = cluster
+        if cluster is not None:
+            logs = cluster.attach(self.selector, logs)
+            chat = cluster.chat
         self.chat = chat
         self.logs = logs
         self.limits = limits
         self.console = console
-        self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ)
         self.connections: dict[int, Connection] = {}
         self.login_queue: deque[Connection] = deque()  # connect order is deadline order
-        self.next_id = 1
+        self.next_id = 1 if cluster is None else cluster.first_conn_id  # ids unique cluster-wide
         self.userlog_version = -1
         self.accept_resume: float | None = None  # while accepting is paused: when to try again
         self._backlog: dict[Connection, None] = {}  # read, and maybe holding whole frames not yet handled
@@ -186,6 +195,9 @@ class Server:
             if conn is None:
                 self._accept(now)
                 continue
+            if type(conn) is not Connection:  # a Redis link of the cluster seam
+                conn.handle_event(mask, now)
+                continue
             if mask & selectors.EVENT_WRITE:
                 self._write(conn)
             if mask & selectors.EVENT_READ and not conn.closing and conn not in self._backlog:
@@ -194,10 +206,14 @@ class Server:
         for conn in list(self._backlog):
             effects += self._handle(conn, now)
         effects += self._expire_logins(now)
+        if self.cluster is not None:
+            effects += self.cluster.tick(now)  # what the shared chat decided, this node's share
         if self.accept_resume is not None and now >= self.accept_resume:
             self.accept_resume = None
             self.selector.register(self.listener, selectors.EVENT_READ)
         self._apply(effects, now)
+        if self.cluster is not None:
+            self.cluster.flush()  # after the turn's log lines are written
 
     def _timeout(self) -> float | None:
         if self._backlog:
@@ -209,6 +225,8 @@ class Server:
             deadlines.append(self._holds[0][0])
         if self.accept_resume is not None:
             deadlines.append(self.accept_resume)
+        if self.cluster is not None:
+            deadlines.append(self.cluster.deadline())
         return max(0.0, min(deadlines) - time.time()) if deadlines else None
 
     # --- input ---------------------------------------------------------------------------
@@ -458,6 +476,8 @@ class Server:
         self.listener.close()
         self.logs.close()
         self.logs.write_userlog("")
+        if self.cluster is not None:
+            self.cluster.shutdown()
 
 
 # --- start-up ----------------------------------------------------------------------------
@@ -529,6 +549,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fsync", action="store_true",
                         help="fsync the logs every turn before acknowledging: messages survive a power cut")
     parser.add_argument("--quiet", action="store_true", help="print nothing but start-up errors")
+    parser.add_argument("--redis", metavar="URL",
+                        help="run as a node of the cluster sharing redis://HOST:PORT/DB (needs hiredis; see README)")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="listen with SO_REUSEPORT, so several nodes on one host share SERVER_PORT")
     parser.add_argument("--hash-password", action="store_true",
                         help="read a password (without echo on a terminal, else one line of stdin), "
                              "print its hashed entry for credentials.txt and exit")
@@ -586,9 +610,11 @@ def raise_file_limit(wanted: int) -> int:
     return wanted if soft == resource.RLIM_INFINITY else min(wanted, soft - RESERVED_FDS)
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # the kernel spreads new connections over every node listening on the port
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         listener.bind((host, port))
     except OSError as exc:
@@ -626,6 +652,22 @@ def collect_rarely() -> None:
     gc.set_threshold(GC_THRESHOLD, 50, 100)
 
 
+def join_cluster(args: argparse.Namespace, accounts: dict[str, str], history: dict[str, int],
+                 new_chat: Callable[..., Chat]) -> "ClusterNode":
+    """The cluster seam: start as a node (one bounded, blocking exchange with Redis before the loop)."""
+    try:
+        from shell import cluster  # the optional extra: hiredis
+    except ImportError:
+        fail("The cluster mode (--redis) needs hiredis: pip install '.[cluster]' (or pip install hiredis)")
+    # what every node must agree on for the rules to decide alike
+    rules = [args.attempts, args.block_seconds, args.failed_login_burst, args.failed_login_rate,
+             args.max_groups_per_user, args.max_groups]
+    try:
+        return cluster.start(args.redis, accounts, rules, history, new_chat)
+    except cluster.ClusterError as exc:
+        fail(str(exc))
+
+
 def main(argv: list[str]) -> int:
     args = parse_arguments(argv)
     if args.hash_password:
@@ -635,7 +677,8 @@ def main(argv: list[str]) -> int:
     logs = Logs(data_dir, args.fsync)
     try:
         history = logs.recover()
-        logs.write_userlog("")
+        if not args.redis:  # a cluster's userlog.txt is its log writer's to write
+            logs.write_userlog("")
     except OSError as exc:
         fail(f"Cannot use the data directory {data_dir}: {exc.strerror}")
     max_connections = raise_file_limit(args.max_connections)
@@ -645,11 +688,14 @@ def main(argv: list[str]) -> int:
         print(f"Serving at most {max_connections} connections: the open-file limit allows no more", file=sys.stderr)
     limits = Limits(args.max_frame, min(LOGIN_FRAME, args.max_frame), args.login_timeout, args.max_output,
                     max_connections)
-    listener = listen(args.host, args.port)
-    chat = Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history,
-                login_throttle=LoginThrottle(args.failed_login_burst, args.failed_login_rate),
-                max_groups_per_user=args.max_groups_per_user, max_groups=args.max_groups)
-    server = Server(listener, chat, logs, limits, None if args.quiet else sys.stdout)
+    def new_chat(accounts: dict[str, str], history: dict[str, int], **more: Any) -> Chat:
+        return Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history,
+                    login_throttle=LoginThrottle(args.failed_login_burst, args.failed_login_rate),
+                    max_groups_per_user=args.max_groups_per_user, max_groups=args.max_groups, **more)
+
+    cluster = join_cluster(args, accounts, history, new_chat) if args.redis else None
+    listener = listen(args.host, args.port, args.reuse_port)
+    server = Server(listener, new_chat(accounts, history), logs, limits, None if args.quiet else sys.stdout, cluster)
     host, port = listener.getsockname()
     print(f"TESSENGER server listening on {host}:{port} ({len(accounts)} accounts, "
           f"{args.attempts} attempts before blocking)", flush=True)
