@@ -29,6 +29,7 @@ import resource
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import time
 import traceback
@@ -45,6 +46,8 @@ from core.rules import (
     DEFAULT_MAX_GROUPS, DEFAULT_MAX_GROUPS_PER_USER, Announce, Append, Chat, Close, Effect, Hold, Send,
     parse_credentials, unusable_accounts,
 )
+from shell import tls
+from shell.tls import TLSTransport
 
 if TYPE_CHECKING:
     from shell.cluster import Node as ClusterNode
@@ -73,7 +76,7 @@ class Limits:
 
 @dataclass(eq=False)
 class Connection:
-    sock: socket.socket
+    sock: socket.socket | TLSTransport
     conn_id: int
     decoder: FrameDecoder
     login_deadline: float
@@ -81,6 +84,7 @@ class Connection:
     closing: bool = False  # close once ``out`` is written; read no more
     held: bool = False  # read nothing, handle nothing until the core's Hold ends
     events: int = selectors.EVENT_READ  # what the selector watches for
+    handshaking: bool = False  # TLS: the handshake runs before anything is read
 
 
 class Logs:
@@ -157,8 +161,9 @@ class Logs:
 
 class Server:
     def __init__(self, listener: socket.socket, chat: Chat, logs: Logs, limits: Limits, console: TextIO | None,
-                 cluster: "ClusterNode | None" = None) -> None:
+                 cluster: "ClusterNode | None" = None, tls_context: ssl.SSLContext | None = None) -> None:
         self.listener = listener
+        self.tls_context = tls_context  # None: plain TCP
         self.selector = selectors.DefaultSelector()
         # --- cluster seam (--redis): the node's chat and logs stand in for this process's own
         self.cluster = cluster
@@ -197,6 +202,9 @@ class Server:
                 continue
             if type(conn) is not Connection:  # a Redis link of the cluster seam
                 conn.handle_event(mask, now)
+                continue
+            if conn.handshaking:
+                effects += self._handshake(conn, now)
                 continue
             if mask & selectors.EVENT_WRITE:
                 self._write(conn)
@@ -252,11 +260,13 @@ class Server:
                 self._turn_away(sock)
                 continue
             conn = Connection(sock, self.next_id, FrameDecoder(self.limits.login_frame), now + self.limits.login_timeout)
+            if self.tls_context is not None:  # the login timeout bounds the handshake too
+                conn.sock, conn.handshaking = TLSTransport(sock, accept=self.tls_context, refusal=TLS_ONLY), True
             self.next_id += 1
             self.connections[conn.conn_id] = conn
             self.login_queue.append(conn)
             self.chat.connect(conn.conn_id, address[0])
-            self.selector.register(sock, selectors.EVENT_READ, conn)
+            self.selector.register(conn.sock, selectors.EVENT_READ, conn)
 
     def _turn_away(self, sock: socket.socket) -> None:
         reply = frame(encode(Error(Code.PROTOCOL, "Error. The server is full. Please try again later.")))
@@ -265,6 +275,18 @@ class Server:
         except OSError:
             pass
         sock.close()
+
+    def _handshake(self, conn: Connection, now: float) -> list[Effect]:
+        """One step of a TLS handshake, on readiness; a failed one costs only its connection."""
+        try:
+            events = conn.sock.handshake() or selectors.EVENT_READ
+        except OSError:  # a plain client (it was told), a stray peer, a broken handshake
+            return self._drop(conn, now)
+        conn.handshaking = conn.sock.handshaking
+        if events != conn.events:
+            self.selector.modify(conn.sock, events, conn)
+            conn.events = events
+        return []
 
     def _receive(self, conn: Connection, now: float) -> list[Effect]:
         """One read, into the decoder; the end of the stream ends the connection."""
@@ -483,6 +505,7 @@ class Server:
 # --- start-up ----------------------------------------------------------------------------
 
 USAGE = "python3 server.py SERVER_PORT NUMBER_OF_CONSECUTIVE_FAILED_ATTEMPTS [options]"
+TLS_ONLY = frame(encode(Error(Code.PROTOCOL, "Error. This server accepts TLS connections only: connect with --tls.")))
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -559,6 +582,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hash-cost", type=power_of_two, default=passwords.DEFAULT_N,
                         help=f"scrypt N for --hash-password (default: {passwords.DEFAULT_N}); "
                              "every login with the entry stalls the server in proportion")
+    tls.add_server_arguments(parser)
     args = parser.parse_args(argv)
     if args.hash_password:
         return args
@@ -574,6 +598,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     if not (args.port.isdigit() and int(args.port) <= 65535):
         fail(f"Invalid port: {args.port}. The port must be an integer between 0 and 65535")
     args.port = int(args.port)
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
     return args
 
 
@@ -688,6 +714,10 @@ def main(argv: list[str]) -> int:
         print(f"Serving at most {max_connections} connections: the open-file limit allows no more", file=sys.stderr)
     limits = Limits(args.max_frame, min(LOGIN_FRAME, args.max_frame), args.login_timeout, args.max_output,
                     max_connections)
+    try:
+        context, fingerprint = tls.server_context(args.tls_cert, args.tls_key) if args.tls_cert else (None, "")
+    except tls.TLSSetupError as exc:
+        fail(str(exc))
     def new_chat(accounts: dict[str, str], history: dict[str, int], **more: Any) -> Chat:
         return Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history,
                     login_throttle=LoginThrottle(args.failed_login_burst, args.failed_login_rate),
@@ -695,10 +725,13 @@ def main(argv: list[str]) -> int:
 
     cluster = join_cluster(args, accounts, history, new_chat) if args.redis else None
     listener = listen(args.host, args.port, args.reuse_port)
-    server = Server(listener, new_chat(accounts, history), logs, limits, None if args.quiet else sys.stdout, cluster)
+    server = Server(listener, new_chat(accounts, history), logs, limits, None if args.quiet else sys.stdout, cluster,
+                    context)
     host, port = listener.getsockname()
     print(f"TESSENGER server listening on {host}:{port} ({len(accounts)} accounts, "
           f"{args.attempts} attempts before blocking)", flush=True)
+    print(f"TLS only; certificate SHA-256 fingerprint {fingerprint}" if context else
+          "Not encrypted: passwords and messages cross the network in clear (use --tls-cert/--tls-key)", flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # same clean stop as Ctrl-C
     status = 0
     collect_rarely()

@@ -4,13 +4,14 @@ result rows (``bench.registry.row``). A row of one's own goes in ``bench/rows/``
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from . import p2pvideo, redis_anchor, reference
-from .common import CpuWindow, ServerProcess, cleanup, make_data_dir, now, percentile
+from .common import CpuWindow, ServerProcess, cleanup, make_certificate, make_data_dir, now, percentile
 from .load import Workers, split
 from .registry import Row, Sizes, row, scenario
 
@@ -88,12 +89,14 @@ def _per_message(cpu: dict[str, Any], rate: float) -> dict[str, Any]:
 
 # --- relay --------------------------------------------------------------------------------
 
-def _relay_once(kind: str, sizes: Sizes, profile: Path | None) -> dict[str, Any]:
+def _relay_once(kind: str, sizes: Sizes, profile: Path | None, tls: bool = False) -> dict[str, Any]:
     data_dir = make_data_dir(sizes.relay_clients)
-    server = _start(kind, data_dir, profile)
+    cert, key = make_certificate(data_dir) if tls else (None, None)
+    server = (ServerProcess.tessenger(data_dir, profile, ["--tls-cert", str(cert), "--tls-key", str(key)]) if tls
+              else _start(kind, data_dir, profile))
     try:
         slices = split(list(range(sizes.relay_clients)), sizes.relay_procs, even=True)
-        with Workers(server.port, slices, wire=kind) as workers:
+        with Workers(server.port, slices, wire=kind, tls_ca=str(cert) if tls else None) as workers:
             start = now() + 0.3
             mark = start + sizes.relay_warmup
             end = mark + sizes.relay_seconds
@@ -120,6 +123,7 @@ def _relay_once(kind: str, sizes: Sizes, profile: Path | None) -> dict[str, Any]
 def relay(sizes: Sizes, profile: Path | None = None) -> list[Row]:
     ours = _relay_once(TESSENGER, sizes, profile)
     anchors = {kind: _relay_once(kind, sizes, None) for kind in _anchor_kinds("redis-aof", "redis")}
+    secured = _relay_once(TESSENGER, sizes, None, tls=True) if shutil.which("openssl") else None
     shape = (f"{sizes.relay_clients} clients ({sizes.relay_clients // 2} senders -> {sizes.relay_clients // 2} "
              f"receivers), {sizes.relay_window} in flight per sender; ")
     rows = []
@@ -141,7 +145,18 @@ def relay(sizes: Sizes, profile: Path | None = None) -> list[Row]:
                         server=ours, anchor_run=anchor))
         if kind == "redis-aof" and not anchors:
             break  # without Redis one row says it all
-    return rows
+    return rows + _relay_tls_row(secured, ours)
+
+
+def _relay_tls_row(secured: dict[str, Any] | None, plain: dict[str, Any]) -> list[Row]:
+    """The same relay with TLS on between every client and the server, beside the plain one."""
+    if secured is None:
+        return [row("relay_tls", None, "msg/s", "measured beside plain", None, note="skipped: no openssl command")]
+    return [row("relay_tls", secured["rate"], "msg/s", "measured beside plain", None, anchor=plain["rate"],
+                ratio=secured["rate"] / plain["rate"], steps=secured["steps"],
+                note=f"the relay's load over TLS (anchor: the plain relay of this run); {_cpu_note(secured)}"
+                     f"{_others(secured, plain)}",
+                load_bound=secured["load_bound"], anchor_load_bound=plain["load_bound"], server=secured)]
 
 
 # --- latency ------------------------------------------------------------------------------
