@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Union
 
 from . import logformat, passwords
+from .logformat import MESSAGELOG, message_line
 from .login_throttle import LoginThrottle
 from .messages import (
     ActiveUser, Code, ActiveUserEntry, ActiveUsers, Bye, CheckUser, CreateGroup, Error, GroupCreated,
@@ -310,19 +311,20 @@ class Chat:
         if not request.receivers:
             return [_error(session.conn, "Error. Usage: /msgto USERNAME MESSAGE")]
         sender = session.username
+        to_sender = (session.conn,)
         text = request.text
         timestamp = self.clock.timestamp(now)
         effects: list[Effect] = []
         for receiver in dict.fromkeys(request.receivers):  # each receiver once, in order
-            problem = self._user_problem(receiver, "Error. {} is not active.")
-            if problem:
-                effects.append(_error(session.conn, problem))
+            target = self.active.get(receiver)
+            if target is None:
+                effects.append(_error(session.conn, self._user_problem(receiver, "Error. {} is not active.")))
                 continue
             self.messages += 1
             effects += (
-                Append(logformat.MESSAGELOG, logformat.message_line(self.messages, timestamp, receiver, text)),
-                Send((self.active[receiver].conn,), PrivateMessage(sender, text, timestamp)),
-                Send((session.conn,), MsgSent(receiver, timestamp)),
+                Append(MESSAGELOG, message_line(self.messages, timestamp, receiver, text)),
+                Send((target.conn,), PrivateMessage(sender, text, timestamp)),
+                Send(to_sender, MsgSent(receiver, timestamp)),
                 Announce(f'{sender} message to {receiver} "{text}" at {timestamp}.'),
             )
         return effects
