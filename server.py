@@ -14,13 +14,22 @@ turn is queued, so an acknowledged message is in the page cache: it survives the
 process dying in any way, ``kill -9`` included. With ``--fsync`` the logs are also fsynced
 (and a new log's directory entry with them) before the acknowledgements go out, so an
 acknowledged message survives a power cut or an OS crash too. Either way a crash can leave
-at most a torn last line, which the next start cuts off before numbering continues.
+at most a torn last line, which the next start cuts off before numbering continues. A line
+the disk refuses is taken back, and only the requests behind it get an error instead of
+their acknowledgement; a login is welcomed only once ``userlog.txt`` lists it.
+
+Nobody hurts the others. A connection over its request budget is not read until it has earned
+its next request (fakelag); one that sends to a receiver whose output is full is not read
+until that receiver has taken some of it; a receiver is dropped only when it holds more than
+``--max-output`` and has taken nothing for ``--stall-timeout``. Per-address limits keep one
+address from filling the server, and the console never blocks the loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import heapq
 import math
 import os
 import resource
@@ -30,15 +39,19 @@ import socket
 import sys
 import time
 import traceback
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NoReturn, TextIO
 
 from core import logformat, passwords
+from core.admission import AddressLimits, Admission
+from core.flood import TokenBucket
 from core.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode as frame
 from core.messages import MAX_PASSWORD, Code, Error, Message, SchemaError, encode, requests, valid_password
 from core.rules import Announce, Append, Chat, Close, Effect, Send, parse_credentials
+from shell.console import Console
+from shell.logs import MAX_OPEN_LOGS, Logs
 
 # One flooding client cannot starve the rest: per turn it gets one read and at most
 # FRAMES_PER_TURN of its requests handled; until its decoder holds no whole frame it is not
@@ -48,8 +61,19 @@ FRAMES_PER_TURN = 128
 ACCEPTS_PER_TURN = 256
 ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() fails for want of resources
 LOGIN_FRAME = 4096  # frames before login are small: a username and a password
-MAX_OPEN_LOGS = 64  # groups are unbounded in number; the log files held open must not be
+LOGIN_OUTPUT = 4096  # unsent bytes before login: a few replies; more and it does not read them
 RESERVED_FDS = MAX_OPEN_LOGS + 32  # descriptors no connection may take: logs, userlog, stdio, selector
+# userlog.txt is rewritten whole (SEQ renumbers when anyone leaves), so at most once per
+# interval: 10,000 logins in a burst cost a few rewrites, not 10,000. A login is welcomed with
+# the next rewrite, at once when none was made in the last interval.
+USERLOG_INTERVAL = 0.1
+
+STORAGE_ERROR = "Error. The server cannot store messages right now."
+LOGIN_STORAGE_ERROR = "Error. The server cannot record logins right now. Please try again later."
+FULL = "Error. The server is full. Please try again later."
+WAITING_FULL = "Error. Too many connections are waiting to log in. Please try again."
+
+Batch = tuple["Connection | None", list[Effect]]  # the effects of one request, and whose it was
 
 
 @dataclass
@@ -59,89 +83,33 @@ class Limits:
     login_timeout: float = 60.0
     max_output: int = 1024 * 1024
     max_connections: int = 10_000
+    stall_timeout: float = 30.0
+    frame_timeout: float = 60.0
+    flood_rate: float = 10.0  # requests per second; 0: no flood control
+    flood_burst: float = 20.0
+    login_output: int = LOGIN_OUTPUT
+    max_waiting: int = 2048  # connections not yet logged in, from all addresses
+    addresses: AddressLimits = field(default_factory=AddressLimits)
 
 
 @dataclass(eq=False)
 class Connection:
     sock: socket.socket
     conn_id: int
+    ip: str
     decoder: FrameDecoder
-    login_deadline: float
+    bucket: TokenBucket | None  # its request budget, None without flood control
+    progress: float  # when its output last moved (or went over the limit)
     out: bytearray = field(default_factory=bytearray)
     closing: bool = False  # close once ``out`` is written; read no more
-    events: int = selectors.EVENT_READ  # what the selector watches for
-
-
-class Logs:
-    """The message logs: repaired and scanned at start, appended once per file per turn."""
-
-    def __init__(self, directory: Path, fsync: bool) -> None:
-        self.directory = directory
-        self.fsync = fsync
-        self._files: dict[str, TextIO] = {}  # open logs, least recently written first
-        self._pending: defaultdict[str, list[str]] = defaultdict(list)
-
-    def recover(self) -> dict[str, int]:
-        """Cut torn last lines left by a crash; return each log's last message number."""
-        history: dict[str, int] = {}
-        for path in self.directory.iterdir():
-            if path.name != logformat.MESSAGELOG and logformat.group_of_log(path.name) is None:
-                continue
-            with open(path, "r+b") as f:
-                size = f.seek(0, os.SEEK_END)
-                offset = max(0, size - logformat.TAIL_BYTES)
-                f.seek(offset)
-                scan = logformat.scan_log(f.read(), offset)
-                if scan.whole_length < size:
-                    f.truncate(scan.whole_length)
-            history[path.name] = scan.last_number
-        return history
-
-    def append(self, log: str, line: str) -> None:
-        self._pending[log].append(line)
-
-    def flush(self) -> None:
-        """Write the turn's lines, one write per file, before any reply leaves."""
-        # taken before writing: a flush cut short (a signal, a full disk) is never repeated
-        # by the flush at shutdown, which would write its lines twice
-        pending, self._pending = self._pending, defaultdict(list)
-        for log, lines in pending.items():
-            f = self._open(log)
-            f.write("".join(lines))
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
-
-    def _open(self, log: str) -> TextIO:
-        f = self._files.pop(log, None)
-        if f is None:
-            if len(self._files) >= MAX_OPEN_LOGS:
-                self._files.pop(next(iter(self._files))).close()
-            f = open(self.directory / log, "a", encoding="utf-8", newline="\n")
-            if self.fsync:
-                self._sync_directory()  # a new file's name must survive a power cut as well
-        self._files[log] = f  # now the most recently written
-        return f
-
-    def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def close(self) -> None:
-        self.flush()
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
-
-    def write_userlog(self, content: str) -> None:
-        """Replace ``userlog.txt`` atomically: a reader sees the old file or the new one."""
-        target = self.directory / logformat.USERLOG
-        temporary = target.with_name(logformat.USERLOG + ".tmp")
-        temporary.write_text(content, encoding="utf-8", newline="\n")
-        os.replace(temporary, target)
+    logged_in: bool = False
+    events: int = selectors.EVENT_READ  # what the selector watches for; 0: not registered
+    resume_at: float = 0.0  # fakelag: not read before this time
+    holds: int = 0  # other reasons not to read it: a login being recorded, each full receiver it waits on
+    waiters: dict["Connection", None] | None = None  # senders held until this one drains
+    over: bool = False  # its output is over the limit: watched for a stall
+    partial_since: float | None = None  # since when its decoder holds an incomplete frame
+    partial_timer: bool = False  # a check of that is due
 
 
 class Server:
@@ -150,17 +118,26 @@ class Server:
         self.chat = chat
         self.logs = logs
         self.limits = limits
-        self.console = console
+        self.console = Console(console)
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ)
         self.connections: dict[int, Connection] = {}
-        self.login_queue: deque[Connection] = deque()  # connect order is deadline order
+        self.admission = Admission(limits.addresses)
+        self.waiting = 0  # connections not logged in
+        self.login_queue: deque[tuple[float, int]] = deque()  # (deadline, conn_id): connect order is deadline order
+        self.timers: list[tuple[float, int, int, Callable[[Connection, float], list[Effect]]]] = []
+        self._timer_seq = 0
         self.next_id = 1
-        self.userlog_version = -1
+        self.now = time.time()
         self.accept_resume: float | None = None  # while accepting is paused: when to try again
+        self.userlog_version = -1  # the presence written last
+        self.userlog_written = -math.inf  # when
+        self._held: list[Batch] = []  # logins waiting for userlog.txt to list them
         self._backlog: dict[Connection, None] = {}  # read, and maybe holding whole frames not yet handled
         self._dirty: list[Connection] = []  # connections that got output this turn
+        self._pressed: list[tuple[Connection, Connection]] = []  # (sender, receiver over --max-output)
         self._lines: list[str] = []  # console lines of this turn
+        self._console_watched: int | None = None  # the console's descriptor while the selector watches it
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -170,38 +147,60 @@ class Server:
 
     def turn(self, timeout: float | None) -> None:
         events = self.selector.select(timeout)
-        now = time.time()
-        effects: list[Effect] = []
+        self.now = now = time.time()
+        batches: list[Batch] = []
         for key, mask in events:
-            conn: Connection | None = key.data
+            conn = key.data
             if conn is None:
-                self._accept(now)
+                self._accept(now, batches)
+                continue
+            if conn is self.console:
+                self._write_console()
                 continue
             if mask & selectors.EVENT_WRITE:
                 self._write(conn)
-            if mask & selectors.EVENT_READ and not conn.closing and conn not in self._backlog:
-                effects += self._receive(conn, now)
+            if mask & selectors.EVENT_READ and conn.events & selectors.EVENT_READ and conn not in self._backlog:
+                batches += self._receive(conn, now)
         for conn in list(self._backlog):
-            effects += self._handle(conn, now)
-        effects += self._expire_logins(now)
+            self._handle(conn, now, batches)
+        self._expire_logins(now, batches)
+        self._run_timers(now, batches)
         if self.accept_resume is not None and now >= self.accept_resume:
             self.accept_resume = None
             self.selector.register(self.listener, selectors.EVENT_READ)
-        self._apply(effects, now)
+        self._record_presence(now, batches)
+        self._apply(batches, now)
 
     def _timeout(self) -> float | None:
         if self._backlog:
             return 0.0  # requests are waiting: look at the sockets, but do not sleep
-        while self.login_queue and self.login_queue[0].conn_id not in self.connections:
-            self.login_queue.popleft()
-        deadlines = [self.login_queue[0].login_deadline] if self.login_queue else []
+        deadlines = []
+        if self.login_queue:
+            deadlines.append(self.login_queue[0][0])
+        if self.timers:
+            deadlines.append(self.timers[0][0])
         if self.accept_resume is not None:
             deadlines.append(self.accept_resume)
+        if self._held or self.chat.presence_version != self.userlog_version:
+            deadlines.append(self.userlog_written + USERLOG_INTERVAL)
         return max(0.0, min(deadlines) - time.time()) if deadlines else None
+
+    def _at(self, when: float, conn: Connection, action: Callable[[Connection, float], list[Effect]]) -> None:
+        """Call ``action(conn, now)`` at ``when``, if the connection is still there."""
+        self._timer_seq += 1
+        heapq.heappush(self.timers, (when, self._timer_seq, conn.conn_id, action))
+
+    def _run_timers(self, now: float, batches: list[Batch]) -> None:
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, _, conn_id, action = heapq.heappop(timers)
+            conn = self.connections.get(conn_id)
+            if conn is not None and not conn.closing:
+                batches.append((conn, action(conn, now)))
 
     # --- input ---------------------------------------------------------------------------
 
-    def _accept(self, now: float) -> None:
+    def _accept(self, now: float, batches: list[Batch]) -> None:
         for _ in range(ACCEPTS_PER_TURN):
             try:
                 sock, address = self.listener.accept()
@@ -218,25 +217,40 @@ class Server:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if len(self.connections) >= self.limits.max_connections:
-                self._turn_away(sock)
+            ip = address[0]
+            refusal = FULL if len(self.connections) >= self.limits.max_connections else self.admission.admit(ip, now)
+            if refusal is not None:
+                self._turn_away(sock, refusal)
                 continue
-            conn = Connection(sock, self.next_id, FrameDecoder(self.limits.login_frame), now + self.limits.login_timeout)
+            if self.waiting >= self.limits.max_waiting:
+                self._evict_oldest_waiting(batches)
+            limits = self.limits
+            bucket = TokenBucket(limits.flood_rate, limits.flood_burst, now) if limits.flood_rate else None
+            conn = Connection(sock, self.next_id, ip, FrameDecoder(limits.login_frame), bucket, now)
             self.next_id += 1
             self.connections[conn.conn_id] = conn
-            self.login_queue.append(conn)
-            self.chat.connect(conn.conn_id, address[0])
+            self.waiting += 1
+            self.login_queue.append((now + limits.login_timeout, conn.conn_id))
+            self.chat.connect(conn.conn_id, ip)
             self.selector.register(sock, selectors.EVENT_READ, conn)
 
-    def _turn_away(self, sock: socket.socket) -> None:
-        reply = frame(encode(Error(Code.PROTOCOL, "Error. The server is full. Please try again later.")))
+    def _turn_away(self, sock: socket.socket, text: str) -> None:
         try:
-            sock.send(reply)  # a fresh socket's buffer takes it whole
+            sock.send(frame(encode(Error(Code.PROTOCOL, text))))  # a fresh socket's buffer takes it whole
         except OSError:
             pass
         sock.close()
 
-    def _receive(self, conn: Connection, now: float) -> list[Effect]:
+    def _evict_oldest_waiting(self, batches: list[Batch]) -> None:
+        """Make room among the connections not logged in by closing the oldest of them."""
+        while self.login_queue:
+            _, conn_id = self.login_queue.popleft()
+            conn = self.connections.get(conn_id)
+            if conn is not None and not conn.logged_in and not conn.closing:
+                batches.append((conn, self._reject(conn, WAITING_FULL)))
+                return
+
+    def _receive(self, conn: Connection, now: float) -> list[Batch]:
         """One read, into the decoder; the end of the stream ends the connection."""
         try:
             data = conn.sock.recv(READ_CHUNK)
@@ -246,32 +260,43 @@ class Server:
             data = b""
         if not data:
             # a peer that only shut down its sending side still gets the replies it asked for
-            return [Close(conn.conn_id)] if conn.out else self._drop(conn, now)
+            return [(conn, [Close(conn.conn_id)] if conn.out else self._drop(conn, now))]
         conn.decoder.append(data)
         self._backlog[conn] = None
         return []
 
-    def _handle(self, conn: Connection, now: float) -> list[Effect]:
-        """Handle up to FRAMES_PER_TURN of the connection's requests, in order.
+    def _handle(self, conn: Connection, now: float, batches: list[Batch]) -> None:
+        """Handle up to FRAMES_PER_TURN of the connection's requests, in order, within its budget.
 
         Frames are taken one at a time, so a bad one is refused only after every request
         before it was handled, and the larger frame limit applies from the first frame after
         the login.
         """
-        effects: list[Effect] = []
         # looked up once per turn, not once per request: this loop is the relay's hot path
         next_frame = conn.decoder.next_frame
         handle = self.chat.handle
         decode = requests.decode
         conn_id = conn.conn_id
-        for _ in range(FRAMES_PER_TURN):
+        bucket = conn.bucket
+        for handled in range(FRAMES_PER_TURN):
+            if bucket is not None:
+                wait = bucket.wait(now)
+                if wait:  # over its budget: not read until it has earned its next request
+                    conn.resume_at = now + wait
+                    self._at(conn.resume_at, conn, self._resume)
+                    self._stop_reading(conn)
+                    return
             try:
                 payload = next_frame()
             except FrameError as exc:
-                return effects + self._reject(conn, f"Error. Bad frame: {exc}.")
+                batches.append((conn, self._reject(conn, f"Error. Bad frame: {exc}.")))
+                return
             if payload is None:
                 del self._backlog[conn]  # all handled: read it again
-                break
+                self._watch_partial_frame(conn, now, handled > 0)
+                return
+            if bucket is not None:
+                bucket.take()
             try:
                 replies = handle(conn_id, decode(payload), now)
             except SchemaError as exc:
@@ -279,42 +304,120 @@ class Server:
             except Exception:  # a bug must cost one connection, never the server
                 traceback.print_exc()
                 replies = self._reject(conn, "Error. Internal server error.")
-            effects += replies
+            if not conn.logged_in and self.chat.sessions[conn_id].username:
+                self._logged_in(conn, replies)
+                return
+            batches.append((conn, replies))
             if replies and type(replies[-1]) is Close:  # a Close is always the last effect of a request
-                break  # whatever it sent after its own end is ignored
-            if conn.decoder.max_frame < self.limits.max_frame and self.chat.sessions[conn_id].username:
-                conn.decoder.max_frame = self.limits.max_frame
-        return effects
+                return  # whatever it sent after its own end is ignored
+
+    def _logged_in(self, conn: Connection, replies: list[Effect]) -> None:
+        """A login: bigger frames from now on; its replies wait until userlog.txt lists it, and
+        so do its next requests, whose replies must come after its welcome."""
+        conn.logged_in = True
+        conn.decoder.max_frame = self.limits.max_frame
+        self.waiting -= 1
+        self.admission.logged_in(conn.ip)
+        self._held.append((conn, replies))
+        conn.holds += 1
+        self._stop_reading(conn)
 
     def _reject(self, conn: Connection, text: str) -> list[Effect]:
         return [Send((conn.conn_id,), Error(Code.PROTOCOL, text)), Close(conn.conn_id)]
 
-    def _expire_logins(self, now: float) -> list[Effect]:
-        effects: list[Effect] = []
+    def _expire_logins(self, now: float, batches: list[Batch]) -> None:
         queue = self.login_queue
-        while queue and queue[0].login_deadline <= now:
-            conn = queue.popleft()
-            session = self.chat.sessions.get(conn.conn_id)
-            if conn.conn_id in self.connections and session is not None and session.username is None:
-                effects += self._reject(conn, "Error. Login timed out.")
-        return effects
+        while queue and queue[0][0] <= now:
+            conn = self.connections.get(queue.popleft()[1])
+            if conn is not None and not conn.logged_in and not conn.closing:
+                batches.append((conn, self._reject(conn, "Error. Login timed out.")))
+
+    def _watch_partial_frame(self, conn: Connection, now: float, completed: bool) -> None:
+        """A frame begun must be finished within --frame-timeout: a half frame is not kept forever.
+        ``completed``: a frame was completed since the last look, so any part held now is newer."""
+        if not conn.decoder.buffered:
+            conn.partial_since = None
+        elif conn.partial_since is None or completed:
+            conn.partial_since = now
+            if not conn.partial_timer:  # one timer a connection, however often its frames split
+                conn.partial_timer = True
+                self._at(now + self.limits.frame_timeout, conn, self._check_partial_frame)
+
+    def _check_partial_frame(self, conn: Connection, now: float) -> list[Effect]:
+        conn.partial_timer = False
+        since = conn.partial_since
+        if since is None:
+            return []
+        if not self._readable(conn) or conn in self._backlog:  # not its fault: the server is not reading it
+            conn.partial_since = now
+        elif since + self.limits.frame_timeout <= now:
+            return self._reject(conn, "Error. A request was not completed in time.")
+        conn.partial_timer = True
+        self._at(conn.partial_since + self.limits.frame_timeout, conn, self._check_partial_frame)
+        return []
+
+    # --- reading or not ------------------------------------------------------------------
+
+    def _readable(self, conn: Connection) -> bool:
+        return not (conn.closing or conn.holds or conn.resume_at)
+
+    def _stop_reading(self, conn: Connection) -> None:
+        self._backlog.pop(conn, None)
+        self._watch(conn)
+
+    def _resume(self, conn: Connection, now: float) -> list[Effect]:
+        """Its budget earned: read it again (``_at`` calls this at ``resume_at``)."""
+        conn.resume_at = 0.0
+        self._read_again(conn)
+        return []
+
+    def _release(self, conn: Connection) -> None:
+        """One reason to hold ``conn`` is gone."""
+        conn.holds -= 1
+        self._read_again(conn)
+
+    def _read_again(self, conn: Connection) -> None:
+        if self._readable(conn) and conn.conn_id in self.connections:
+            self._backlog[conn] = None  # its decoder may hold whole frames: handle them first
+            self._watch(conn)
+
+    def _watch(self, conn: Connection) -> None:
+        """Tell the selector what to wait for: input while it is read, output while some is pending."""
+        events = (selectors.EVENT_READ if self._readable(conn) else 0) | (selectors.EVENT_WRITE if conn.out else 0)
+        if events == conn.events:
+            return
+        if not events:
+            self.selector.unregister(conn.sock)  # epoll cannot watch for nothing
+        elif not conn.events:
+            self.selector.register(conn.sock, events, conn)
+        else:
+            self.selector.modify(conn.sock, events, conn)
+        conn.events = events
 
     # --- effects -------------------------------------------------------------------------
 
-    def _apply(self, effects: list[Effect], now: float) -> None:
+    def _apply(self, batches: list[Batch], now: float) -> None:
+        logs = self.logs
+        for _, effects in batches:
+            for effect in effects:
+                if type(effect) is Append:
+                    logs.append(effect.log, effect.line)
+        failed = logs.flush()  # every message is in its log before its acknowledgement is queued
+        if failed:
+            batches = self._unstored(batches, failed)
+        self._lines += logs.events
+        logs.events.clear()
         closes: list[int] = []
-        for effect in effects:
-            if type(effect) is Append:
-                self.logs.append(effect.log, effect.line)
-        self.logs.flush()  # every message is in its log before its acknowledgement is queued
-        for effect in effects:
-            kind = type(effect)  # effects are final classes; type() is the cheap dispatch
-            if kind is Send:
-                self._queue(effect.conns, effect.message)
-            elif kind is Announce:
-                self._lines.append(effect.line)
-            elif kind is Close:
-                closes.append(effect.conn)
+        queue = self._queue
+        for sender, effects in batches:
+            for effect in effects:
+                kind = type(effect)  # effects are final classes; type() is the cheap dispatch
+                if kind is Send:
+                    queue(effect.conns, effect.message, sender)
+                elif kind is Announce:
+                    self._lines.append(effect.line)
+                elif kind is Close:
+                    closes.append(effect.conn)
         for conn_id in closes:
             conn = self.connections.get(conn_id)
             if conn is not None:
@@ -322,20 +425,52 @@ class Server:
                 self._backlog.pop(conn, None)
                 self._dirty.append(conn)
         self._flush_output(now)
-        if self.chat.presence_version != self.userlog_version:
-            self.userlog_version = self.chat.presence_version
-            self.logs.write_userlog(self.chat.userlog())
+        if self._pressed:
+            self._hold_senders()
         self._print_lines()
 
-    def _queue(self, conn_ids: tuple[int, ...], message: Message) -> None:
+    def _unstored(self, batches: list[Batch], failed: set[str]) -> list[Batch]:
+        """The requests whose lines the disk refused get an error instead of their effects;
+        the core takes the lines back, so numbering stays contiguous."""
+        for log in failed:
+            lines = [e.line for _, effects in batches for e in effects if type(e) is Append and e.log == log]
+            self.chat.unstored(log, lines)
+        result: list[Batch] = []
+        for sender, effects in batches:
+            if sender is not None and any(type(e) is Append and e.log in failed for e in effects):
+                effects = [Send((sender.conn_id,), Error(Code.COMMAND, STORAGE_ERROR)),
+                           *[e for e in effects if type(e) is Close]]
+            result.append((sender, effects))
+        return result
+
+    def _queue(self, conn_ids: tuple[int, ...], message: Message, sender: Connection | None) -> None:
         if not conn_ids:
             return
         data = frame(encode(message))  # encoded once, however many receive it
+        max_output = self.limits.max_output
         for conn_id in conn_ids:
             conn = self.connections.get(conn_id)
             if conn is not None and not conn.closing:
                 conn.out += data
                 self._dirty.append(conn)
+                if len(conn.out) > max_output and sender is not None:
+                    self._pressed.append((sender, conn))  # judged once the turn's output is written
+
+    def _hold_senders(self) -> None:
+        """A receiver still holding more than --max-output once written to: those who sent to it
+        this turn are not read until it has taken some. The senders are slowed, never the
+        receiver dropped for it (only a receiver that takes nothing for --stall-timeout is)."""
+        max_output = self.limits.max_output
+        for sender, receiver in self._pressed:
+            if len(receiver.out) <= max_output or receiver.conn_id not in self.connections:
+                continue
+            if receiver.waiters is None:
+                receiver.waiters = {}
+            if sender not in receiver.waiters and sender.conn_id in self.connections:
+                receiver.waiters[sender] = None
+                sender.holds += 1
+                self._stop_reading(sender)
+        self._pressed.clear()
 
     def _flush_output(self, now: float) -> None:
         """Write what this turn queued; close finished and overflowing connections."""
@@ -346,17 +481,32 @@ class Server:
                 if conn.conn_id not in self.connections:
                     continue
                 self._write(conn)  # at once; the selector only waits for what the socket refused
-                if len(conn.out) > self.limits.max_output:
-                    self._say(f"{self._name(conn)} stopped reading ({len(conn.out)} bytes unsent); disconnecting it")
+                if conn.closing and not conn.out:
                     effects += self._drop(conn, now)
-                elif conn.closing and not conn.out:
+                elif not conn.logged_in and len(conn.out) > self.limits.login_output:
+                    self._say(f"{self._name(conn)} does not read its replies ({len(conn.out)} bytes unsent "
+                              "before logging in); disconnecting it")
                     effects += self._drop(conn, now)
+                elif len(conn.out) > self.limits.max_output and not conn.over:
+                    conn.over = True  # cut off only if it also takes nothing for --stall-timeout
+                    conn.progress = now
+                    self._at(now + self.limits.stall_timeout, conn, self._check_stall)
             # a drop may announce a logout; it sends nothing, but keep the rule general
             for effect in effects:
                 if isinstance(effect, Announce):
                     self._lines.append(effect.line)
                 elif isinstance(effect, Send):
-                    self._queue(effect.conns, effect.message)
+                    self._queue(effect.conns, effect.message, None)
+
+    def _check_stall(self, conn: Connection, now: float) -> list[Effect]:
+        if len(conn.out) <= self.limits.max_output:
+            conn.over = False
+            return []
+        if now - conn.progress < self.limits.stall_timeout:  # it took some meanwhile
+            self._at(conn.progress + self.limits.stall_timeout, conn, self._check_stall)
+            return []
+        self._say(f"{self._name(conn)} stopped reading ({len(conn.out)} bytes unsent); disconnecting it")
+        return self._drop(conn, now)
 
     def _write(self, conn: Connection) -> None:
         if conn.out:
@@ -368,23 +518,60 @@ class Server:
                 conn.out.clear()  # the peer is gone; the read side will see it
                 conn.closing = True
                 sent = 0
-            del conn.out[:sent]
+            if sent:
+                del conn.out[:sent]
+                conn.progress = self.now
+                if conn.waiters and len(conn.out) <= self.limits.max_output:
+                    self._release_waiters(conn)
         if conn.closing and not conn.out:
             self._dirty.append(conn)  # finished: dropped by _flush_output
             return
-        events = (0 if conn.closing else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.out else 0)
-        if events != conn.events:
-            self.selector.modify(conn.sock, events, conn)
-            conn.events = events
+        self._watch(conn)
+
+    def _release_waiters(self, conn: Connection) -> None:
+        waiters, conn.waiters = conn.waiters or {}, None
+        for sender in waiters:
+            self._release(sender)
 
     def _drop(self, conn: Connection, now: float) -> list[Effect]:
-        """Forget a connection; a logged-in user is logged out."""
+        """Forget a connection at once; a logged-in user is logged out."""
         if self.connections.pop(conn.conn_id, None) is None:
             return []
         self._backlog.pop(conn, None)
-        self.selector.unregister(conn.sock)
+        if conn.events:
+            self.selector.unregister(conn.sock)
         conn.sock.close()
+        conn.out = bytearray()
+        self.admission.closed(conn.ip, conn.logged_in)
+        if not conn.logged_in:
+            self.waiting -= 1
+        self._release_waiters(conn)  # its senders need not wait for it any more
         return self.chat.disconnect(conn.conn_id, now)
+
+    # --- presence ------------------------------------------------------------------------
+
+    def _record_presence(self, now: float, batches: list[Batch]) -> None:
+        """Rewrite userlog.txt when presence changed, at most once per USERLOG_INTERVAL; welcome
+        the logins it now lists, or refuse them when it cannot be written."""
+        if not self._held and self.chat.presence_version == self.userlog_version:
+            return
+        if now < self.userlog_written + USERLOG_INTERVAL:
+            return
+        version = self.chat.presence_version
+        held, self._held = self._held, []
+        self.userlog_written = now
+        if self.logs.write_userlog(self.chat.userlog()):
+            self.userlog_version = version
+            batches += held
+        else:
+            for conn, _ in held:
+                self._say(f"{self._name(conn)} cannot log in: userlog.txt cannot be written")
+                self.chat.disconnect(conn.conn_id, now)  # never welcomed: no logout to tell
+                batches.append((conn, self._reject(conn, LOGIN_STORAGE_ERROR)))
+        for conn, _ in held:
+            self._release(conn)
+
+    # --- the console ---------------------------------------------------------------------
 
     def _name(self, conn: Connection) -> str:
         session = self.chat.sessions.get(conn.conn_id)
@@ -395,13 +582,21 @@ class Server:
         self._lines.append(line)
 
     def _print_lines(self) -> None:
-        if self._lines and self.console is not None:
-            try:
-                self.console.write("\n".join(self._lines) + "\n")
-                self.console.flush()
-            except OSError:  # the terminal is gone (EIO, EPIPE): serving matters more than printing
-                self.console = None
-        self._lines.clear()
+        if self._lines:
+            self.console.say(self._lines)
+            self._lines.clear()
+            self._write_console()
+
+    def _write_console(self) -> None:
+        """Write what the console output takes now; wait for it to take more only while some is left."""
+        console = self.console
+        watch = console.fd if console.write() and console.watchable else None
+        if watch != self._console_watched:
+            if self._console_watched is not None:
+                self.selector.unregister(self._console_watched)
+            if watch is not None:
+                self.selector.register(watch, selectors.EVENT_WRITE, console)
+            self._console_watched = watch
 
     def shutdown(self) -> None:
         for conn in list(self.connections.values()):
@@ -410,7 +605,8 @@ class Server:
         self.listener.close()
         self.logs.close()
         self.logs.write_userlog("")
-
+        self.console.write()
+        self.console.close()
 
 # --- start-up ----------------------------------------------------------------------------
 
@@ -465,10 +661,30 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--login-timeout", type=at_least(float, 0.001), default=60.0,
                         help="seconds a connection has to log in (default: 60)")
     parser.add_argument("--max-output", type=at_least(int, 1024), default=1024 * 1024,
-                        help="unsent reply bytes after which a client that stopped reading is dropped and logged out "
-                             "(default: 1048576)")
+                        help="unsent bytes a client may hold: beyond it, those sending to it wait, and if it also "
+                             "takes nothing for --stall-timeout it is dropped and logged out (default: 1048576)")
+    parser.add_argument("--stall-timeout", type=at_least(float, 0.001), default=30.0,
+                        help="seconds a client over --max-output may take nothing before it is dropped (default: 30)")
+    parser.add_argument("--frame-timeout", type=at_least(float, 0.001), default=60.0,
+                        help="seconds a begun request may take to arrive whole (default: 60)")
     parser.add_argument("--max-connections", type=at_least(int, 1), default=10_000,
                         help="connections served at once; one more gets an error and is closed (default: 10000)")
+    parser.add_argument("--flood-rate", type=at_least(float, 0), default=10.0,
+                        help="requests a second a connection may make after its burst; beyond, it is read more "
+                             "slowly, never dropped (default: 10; 0: no flood control)")
+    parser.add_argument("--flood-burst", type=at_least(float, 1), default=20.0,
+                        help="requests a connection may make at once (default: 20)")
+    parser.add_argument("--per-address", type=at_least(int, 0), default=AddressLimits.connections,
+                        help=f"connections from one address at once (default: {AddressLimits.connections}; 0: no limit)")
+    parser.add_argument("--per-address-waiting", type=at_least(int, 0), default=AddressLimits.waiting,
+                        help=f"connections from one address not yet logged in (default: {AddressLimits.waiting}; "
+                             "0: no limit)")
+    parser.add_argument("--per-address-rate", type=at_least(int, 0), default=AddressLimits.per_minute,
+                        help=f"new connections a minute from one address, as many at once (default: "
+                             f"{AddressLimits.per_minute}; 0: no limit)")
+    parser.add_argument("--max-waiting", type=at_least(int, 1), default=2048,
+                        help="connections not yet logged in, from all addresses; one more closes the oldest of them "
+                             "(default: 2048)")
     parser.add_argument("--fsync", action="store_true",
                         help="fsync the logs every turn before acknowledging: messages survive a power cut")
     parser.add_argument("--quiet", action="store_true", help="print nothing but start-up errors")
@@ -564,16 +780,19 @@ def main(argv: list[str]) -> int:
     logs = Logs(data_dir, args.fsync)
     try:
         history = logs.recover()
-        logs.write_userlog("")
     except OSError as exc:
         fail(f"Cannot use the data directory {data_dir}: {exc.strerror}")
+    if not logs.write_userlog(""):
+        fail(f"Cannot use the data directory {data_dir}: {logs.failing[logformat.USERLOG]}")
     max_connections = raise_file_limit(args.max_connections)
     if max_connections < 1:
         fail(f"The open-file limit ({resource.getrlimit(resource.RLIMIT_NOFILE)[0]}) leaves no room for connections")
     if max_connections < args.max_connections:
         print(f"Serving at most {max_connections} connections: the open-file limit allows no more", file=sys.stderr)
     limits = Limits(args.max_frame, min(LOGIN_FRAME, args.max_frame), args.login_timeout, args.max_output,
-                    max_connections)
+                    max_connections, args.stall_timeout, args.frame_timeout, args.flood_rate, args.flood_burst,
+                    max_waiting=args.max_waiting,
+                    addresses=AddressLimits(args.per_address, args.per_address_waiting, args.per_address_rate))
     listener = listen(args.host, args.port)
     chat = Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history)
     server = Server(listener, chat, logs, limits, None if args.quiet else sys.stdout)
@@ -585,7 +804,7 @@ def main(argv: list[str]) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("Server shutting down", flush=True)
+        server.console.say(["Server shutting down"])  # through the console: it never blocks
     except OSError as exc:  # e.g. a full disk: stop rather than acknowledge what is not logged
         print(f"Server stopped: {exc}", file=sys.stderr, flush=True)
         status = 1
