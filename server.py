@@ -27,11 +27,7 @@ address from filling the server, and the console never blocks the loop.
 
 from __future__ import annotations
 
-import argparse
-import getpass
-import heapq
 import math
-import os
 import resource
 import selectors
 import signal
@@ -40,18 +36,19 @@ import sys
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NoReturn, TextIO
+from typing import TextIO
 
 from core import logformat, passwords
 from core.admission import AddressLimits, Admission
 from core.flood import TokenBucket
-from core.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode as frame
-from core.messages import MAX_PASSWORD, Code, Error, Message, SchemaError, encode, requests, valid_password
+from core.framing import FrameDecoder, FrameError, encode as frame
+from core.messages import Code, Error, Message, SchemaError, encode, requests
 from core.rules import Announce, Append, Chat, Close, Effect, Send, parse_credentials
+from shell.connections import LOGIN_FRAME, Batch, Connection, Limits, ReadControl
 from shell.console import Console
-from shell.logs import MAX_OPEN_LOGS, Logs
+from shell.logs import MAX_OPEN_LOGS, Logs  # noqa: F401 (MAX_OPEN_LOGS: part of the server's interface)
+from shell.startup import RESERVED_FDS, fail, hash_password, listen, parse_arguments, raise_file_limit  # noqa: F401
 
 # One flooding client cannot starve the rest: per turn it gets one read and at most
 # FRAMES_PER_TURN of its requests handled; until its decoder holds no whole frame it is not
@@ -60,9 +57,6 @@ READ_CHUNK = 64 * 1024
 FRAMES_PER_TURN = 128
 ACCEPTS_PER_TURN = 256
 ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() fails for want of resources
-LOGIN_FRAME = 4096  # frames before login are small: a username and a password
-LOGIN_OUTPUT = 4096  # unsent bytes before login: a few replies; more and it does not read them
-RESERVED_FDS = MAX_OPEN_LOGS + 32  # descriptors no connection may take: logs, userlog, stdio, selector
 # userlog.txt is rewritten whole (SEQ renumbers when anyone leaves), so at most once per
 # interval: 10,000 logins in a burst cost a few rewrites, not 10,000. A login is welcomed with
 # the next rewrite, at once when none was made in the last interval.
@@ -73,47 +67,10 @@ LOGIN_STORAGE_ERROR = "Error. The server cannot record logins right now. Please 
 FULL = "Error. The server is full. Please try again later."
 WAITING_FULL = "Error. Too many connections are waiting to log in. Please try again."
 
-Batch = tuple["Connection | None", list[Effect]]  # the effects of one request, and whose it was
 
-
-@dataclass
-class Limits:
-    max_frame: int = DEFAULT_MAX_FRAME
-    login_frame: int = LOGIN_FRAME
-    login_timeout: float = 60.0
-    max_output: int = 1024 * 1024
-    max_connections: int = 10_000
-    stall_timeout: float = 30.0
-    frame_timeout: float = 60.0
-    flood_rate: float = 10.0  # requests per second; 0: no flood control
-    flood_burst: float = 20.0
-    login_output: int = LOGIN_OUTPUT
-    max_waiting: int = 2048  # connections not yet logged in, from all addresses
-    addresses: AddressLimits = field(default_factory=AddressLimits)
-
-
-@dataclass(eq=False)
-class Connection:
-    sock: socket.socket
-    conn_id: int
-    ip: str
-    decoder: FrameDecoder
-    bucket: TokenBucket | None  # its request budget, None without flood control
-    progress: float  # when its output last moved (or went over the limit)
-    out: bytearray = field(default_factory=bytearray)
-    closing: bool = False  # close once ``out`` is written; read no more
-    logged_in: bool = False
-    events: int = selectors.EVENT_READ  # what the selector watches for; 0: not registered
-    resume_at: float = 0.0  # fakelag: not read before this time
-    holds: int = 0  # other reasons not to read it: a login being recorded, each full receiver it waits on
-    waiters: dict["Connection", None] | None = None  # senders held until this one drains
-    over: bool = False  # its output is over the limit: watched for a stall
-    partial_since: float | None = None  # since when its decoder holds an incomplete frame
-    partial_timer: bool = False  # a check of that is due
-
-
-class Server:
+class Server(ReadControl):
     def __init__(self, listener: socket.socket, chat: Chat, logs: Logs, limits: Limits, console: TextIO | None) -> None:
+        super().__init__()
         self.listener = listener
         self.chat = chat
         self.logs = logs
@@ -125,8 +82,6 @@ class Server:
         self.admission = Admission(limits.addresses)
         self.waiting = 0  # connections not logged in
         self.login_queue: deque[tuple[float, int]] = deque()  # (deadline, conn_id): connect order is deadline order
-        self.timers: list[tuple[float, int, int, Callable[[Connection, float], list[Effect]]]] = []
-        self._timer_seq = 0
         self.next_id = 1
         self.now = time.time()
         self.accept_resume: float | None = None  # while accepting is paused: when to try again
@@ -184,19 +139,6 @@ class Server:
         if self._held or self.chat.presence_version != self.userlog_version:
             deadlines.append(self.userlog_written + USERLOG_INTERVAL)
         return max(0.0, min(deadlines) - time.time()) if deadlines else None
-
-    def _at(self, when: float, conn: Connection, action: Callable[[Connection, float], list[Effect]]) -> None:
-        """Call ``action(conn, now)`` at ``when``, if the connection is still there."""
-        self._timer_seq += 1
-        heapq.heappush(self.timers, (when, self._timer_seq, conn.conn_id, action))
-
-    def _run_timers(self, now: float, batches: list[Batch]) -> None:
-        timers = self.timers
-        while timers and timers[0][0] <= now:
-            _, _, conn_id, action = heapq.heappop(timers)
-            conn = self.connections.get(conn_id)
-            if conn is not None and not conn.closing:
-                batches.append((conn, action(conn, now)))
 
     # --- input ---------------------------------------------------------------------------
 
@@ -282,9 +224,7 @@ class Server:
             if bucket is not None:
                 wait = bucket.wait(now)
                 if wait:  # over its budget: not read until it has earned its next request
-                    conn.resume_at = now + wait
-                    self._at(conn.resume_at, conn, self._resume)
-                    self._stop_reading(conn)
+                    self.pause_until(conn, now + wait)
                     return
             try:
                 payload = next_frame()
@@ -322,77 +262,12 @@ class Server:
         conn.holds += 1
         self._stop_reading(conn)
 
-    def _reject(self, conn: Connection, text: str) -> list[Effect]:
-        return [Send((conn.conn_id,), Error(Code.PROTOCOL, text)), Close(conn.conn_id)]
-
     def _expire_logins(self, now: float, batches: list[Batch]) -> None:
         queue = self.login_queue
         while queue and queue[0][0] <= now:
             conn = self.connections.get(queue.popleft()[1])
             if conn is not None and not conn.logged_in and not conn.closing:
                 batches.append((conn, self._reject(conn, "Error. Login timed out.")))
-
-    def _watch_partial_frame(self, conn: Connection, now: float, completed: bool) -> None:
-        """A frame begun must be finished within --frame-timeout: a half frame is not kept forever.
-        ``completed``: a frame was completed since the last look, so any part held now is newer."""
-        if not conn.decoder.buffered:
-            conn.partial_since = None
-        elif conn.partial_since is None or completed:
-            conn.partial_since = now
-            if not conn.partial_timer:  # one timer a connection, however often its frames split
-                conn.partial_timer = True
-                self._at(now + self.limits.frame_timeout, conn, self._check_partial_frame)
-
-    def _check_partial_frame(self, conn: Connection, now: float) -> list[Effect]:
-        conn.partial_timer = False
-        since = conn.partial_since
-        if since is None:
-            return []
-        if not self._readable(conn) or conn in self._backlog:  # not its fault: the server is not reading it
-            conn.partial_since = now
-        elif since + self.limits.frame_timeout <= now:
-            return self._reject(conn, "Error. A request was not completed in time.")
-        conn.partial_timer = True
-        self._at(conn.partial_since + self.limits.frame_timeout, conn, self._check_partial_frame)
-        return []
-
-    # --- reading or not ------------------------------------------------------------------
-
-    def _readable(self, conn: Connection) -> bool:
-        return not (conn.closing or conn.holds or conn.resume_at)
-
-    def _stop_reading(self, conn: Connection) -> None:
-        self._backlog.pop(conn, None)
-        self._watch(conn)
-
-    def _resume(self, conn: Connection, now: float) -> list[Effect]:
-        """Its budget earned: read it again (``_at`` calls this at ``resume_at``)."""
-        conn.resume_at = 0.0
-        self._read_again(conn)
-        return []
-
-    def _release(self, conn: Connection) -> None:
-        """One reason to hold ``conn`` is gone."""
-        conn.holds -= 1
-        self._read_again(conn)
-
-    def _read_again(self, conn: Connection) -> None:
-        if self._readable(conn) and conn.conn_id in self.connections:
-            self._backlog[conn] = None  # its decoder may hold whole frames: handle them first
-            self._watch(conn)
-
-    def _watch(self, conn: Connection) -> None:
-        """Tell the selector what to wait for: input while it is read, output while some is pending."""
-        events = (selectors.EVENT_READ if self._readable(conn) else 0) | (selectors.EVENT_WRITE if conn.out else 0)
-        if events == conn.events:
-            return
-        if not events:
-            self.selector.unregister(conn.sock)  # epoll cannot watch for nothing
-        elif not conn.events:
-            self.selector.register(conn.sock, events, conn)
-        else:
-            self.selector.modify(conn.sock, events, conn)
-        conn.events = events
 
     # --- effects -------------------------------------------------------------------------
 
@@ -456,22 +331,6 @@ class Server:
                 if len(conn.out) > max_output and sender is not None:
                     self._pressed.append((sender, conn))  # judged once the turn's output is written
 
-    def _hold_senders(self) -> None:
-        """A receiver still holding more than --max-output once written to: those who sent to it
-        this turn are not read until it has taken some. The senders are slowed, never the
-        receiver dropped for it (only a receiver that takes nothing for --stall-timeout is)."""
-        max_output = self.limits.max_output
-        for sender, receiver in self._pressed:
-            if len(receiver.out) <= max_output or receiver.conn_id not in self.connections:
-                continue
-            if receiver.waiters is None:
-                receiver.waiters = {}
-            if sender not in receiver.waiters and sender.conn_id in self.connections:
-                receiver.waiters[sender] = None
-                sender.holds += 1
-                self._stop_reading(sender)
-        self._pressed.clear()
-
     def _flush_output(self, now: float) -> None:
         """Write what this turn queued; close finished and overflowing connections."""
         while self._dirty:
@@ -527,11 +386,6 @@ class Server:
             self._dirty.append(conn)  # finished: dropped by _flush_output
             return
         self._watch(conn)
-
-    def _release_waiters(self, conn: Connection) -> None:
-        waiters, conn.waiters = conn.waiters or {}, None
-        for sender in waiters:
-            self._release(sender)
 
     def _drop(self, conn: Connection, now: float) -> list[Effect]:
         """Forget a connection at once; a logged-in user is logged out."""
@@ -607,155 +461,6 @@ class Server:
         self.logs.write_userlog("")
         self.console.write()
         self.console.close()
-
-# --- start-up ----------------------------------------------------------------------------
-
-USAGE = "python3 server.py SERVER_PORT NUMBER_OF_CONSECUTIVE_FAILED_ATTEMPTS [options]"
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        fail(f"Error: {message}. Usage: {USAGE}")
-
-
-def fail(line: str) -> NoReturn:
-    print(line, file=sys.stderr)
-    sys.exit(2)
-
-
-def at_least(kind: type[int] | type[float], low: float) -> Callable[[str], int | float]:
-    """An argparse type: a finite number of ``kind`` no smaller than ``low``."""
-
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not (math.isfinite(value) and value >= low):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be at least {low:g}")
-        return value
-
-    return parse
-
-
-def power_of_two(text: str) -> int:
-    value = at_least(int, 2)(text)
-    if value & (value - 1) or value > passwords.MAX_N:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a power of two up to {passwords.MAX_N}")
-    return value
-
-
-def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = ArgumentParser(prog="server.py", description="TESSENGER chat server.")
-    parser.add_argument("port", metavar="SERVER_PORT", nargs="?", help="TCP port to listen on (0: let the OS choose)")
-    parser.add_argument("attempts", metavar="NUMBER_OF_CONSECUTIVE_FAILED_ATTEMPTS", nargs="?",
-                        help="failed logins in a row that block an account (1 to 5)")
-    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default: all interfaces)")
-    parser.add_argument("--data-dir", default=".", help="where credentials.txt and the logs live (default: .)")
-    parser.add_argument("--credentials", help="accounts file (default: DATA_DIR/credentials.txt)")
-    parser.add_argument("--block-seconds", type=at_least(float, 0), default=10.0,
-                        help="how long a blocked account stays blocked (default: 10)")
-    parser.add_argument("--max-frame", type=at_least(int, 1024), default=DEFAULT_MAX_FRAME,
-                        help=f"largest frame accepted, bytes (default: {DEFAULT_MAX_FRAME}; "
-                             f"at most {LOGIN_FRAME} before login)")
-    parser.add_argument("--login-timeout", type=at_least(float, 0.001), default=60.0,
-                        help="seconds a connection has to log in (default: 60)")
-    parser.add_argument("--max-output", type=at_least(int, 1024), default=1024 * 1024,
-                        help="unsent bytes a client may hold: beyond it, those sending to it wait, and if it also "
-                             "takes nothing for --stall-timeout it is dropped and logged out (default: 1048576)")
-    parser.add_argument("--stall-timeout", type=at_least(float, 0.001), default=30.0,
-                        help="seconds a client over --max-output may take nothing before it is dropped (default: 30)")
-    parser.add_argument("--frame-timeout", type=at_least(float, 0.001), default=60.0,
-                        help="seconds a begun request may take to arrive whole (default: 60)")
-    parser.add_argument("--max-connections", type=at_least(int, 1), default=10_000,
-                        help="connections served at once; one more gets an error and is closed (default: 10000)")
-    parser.add_argument("--flood-rate", type=at_least(float, 0), default=10.0,
-                        help="requests a second a connection may make after its burst; beyond, it is read more "
-                             "slowly, never dropped (default: 10; 0: no flood control)")
-    parser.add_argument("--flood-burst", type=at_least(float, 1), default=20.0,
-                        help="requests a connection may make at once (default: 20)")
-    parser.add_argument("--per-address", type=at_least(int, 0), default=AddressLimits.connections,
-                        help=f"connections from one address at once (default: {AddressLimits.connections}; 0: no limit)")
-    parser.add_argument("--per-address-waiting", type=at_least(int, 0), default=AddressLimits.waiting,
-                        help=f"connections from one address not yet logged in (default: {AddressLimits.waiting}; "
-                             "0: no limit)")
-    parser.add_argument("--per-address-rate", type=at_least(int, 0), default=AddressLimits.per_minute,
-                        help=f"new connections a minute from one address, as many at once (default: "
-                             f"{AddressLimits.per_minute}; 0: no limit)")
-    parser.add_argument("--max-waiting", type=at_least(int, 1), default=2048,
-                        help="connections not yet logged in, from all addresses; one more closes the oldest of them "
-                             "(default: 2048)")
-    parser.add_argument("--fsync", action="store_true",
-                        help="fsync the logs every turn before acknowledging: messages survive a power cut")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but start-up errors")
-    parser.add_argument("--hash-password", action="store_true",
-                        help="read a password (without echo on a terminal, else one line of stdin), "
-                             "print its hashed entry for credentials.txt and exit")
-    parser.add_argument("--hash-cost", type=power_of_two, default=passwords.DEFAULT_N,
-                        help=f"scrypt N for --hash-password (default: {passwords.DEFAULT_N}); "
-                             "every login with the entry stalls the server in proportion")
-    args = parser.parse_args(argv)
-    if args.hash_password:
-        return args
-    missing = [name for name, value in (("SERVER_PORT", args.port), ("NUMBER_OF_CONSECUTIVE_FAILED_ATTEMPTS", args.attempts))
-               if value is None]
-    if missing:
-        parser.error(f"the following arguments are required: {', '.join(missing)}")
-    attempts = args.attempts
-    if not (attempts.isdigit() and 1 <= int(attempts) <= 5):
-        fail(f"Invalid number of allowed failed consecutive attempt: {attempts}. "
-             "The valid value of argument number is an integer between 1 and 5")
-    args.attempts = int(attempts)
-    if not (args.port.isdigit() and int(args.port) <= 65535):
-        fail(f"Invalid port: {args.port}. The port must be an integer between 0 and 65535")
-    args.port = int(args.port)
-    return args
-
-
-def hash_password(cost: int) -> int:
-    """``--hash-password``: read a password, print its ``credentials.txt`` entry."""
-    try:
-        if sys.stdin.isatty():
-            password = getpass.getpass("Password: ")
-            if getpass.getpass("Repeat the password: ") != password:
-                fail("The passwords differ.")
-        else:
-            password = sys.stdin.readline().rstrip("\r\n")
-    except (EOFError, KeyboardInterrupt):
-        fail("No password given.")
-    if not valid_password(password):
-        fail(f"A password is 1 to {MAX_PASSWORD} printable characters without spaces.")
-    print(passwords.hash_entry(password, n=cost))
-    return 0
-
-
-def raise_file_limit(wanted: int) -> int:
-    """Raise the open-file soft limit so ``wanted`` connections fit, as far as the hard limit
-    allows; return how many connections fit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted + RESERVED_FDS
-    if hard != resource.RLIM_INFINITY:
-        target = min(target, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):  # e.g. above the kernel's nr_open: keep what we have
-            pass
-    return wanted if soft == resource.RLIM_INFINITY else min(wanted, soft - RESERVED_FDS)
-
-
-def listen(host: str, port: int) -> socket.socket:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host, port))
-    except OSError as exc:
-        fail(f"Cannot listen on {host}:{port}: {exc.strerror}")
-    listener.listen(1024)
-    listener.setblocking(False)
-    return listener
-
 
 def load_accounts(path: Path) -> dict[str, str]:
     try:
