@@ -55,12 +55,19 @@ class Console:
             return
         for line in lines:
             data = (line + "\n").encode("utf-8", "replace")
-            if self.dropped:
-                data = f"{self.dropped} console lines dropped\n".encode() + data
-            if len(self.pending) + len(data) > self.capacity:
-                self.dropped += 1
+            self._count_dropped(len(data))
+            if self.dropped or len(self.pending) + len(data) > self.capacity:
+                self.dropped += 1  # kept in order: none after a gap before the gap is told
             else:
                 self.pending += data
+
+    def _count_dropped(self, then: int = 0) -> None:
+        """Once there is room (for the count and ``then`` bytes after it), tell how many lines
+        were dropped."""
+        if self.dropped:
+            note = f"{self.dropped} console lines dropped\n".encode()
+            if len(self.pending) + len(note) + then <= self.capacity:
+                self.pending += note
                 self.dropped = 0
 
     def write(self) -> bool:
@@ -75,6 +82,7 @@ class Console:
             self._lose()
             return False
         del self.pending[:written]
+        self._count_dropped()
         return bool(self.pending)
 
     def _write_stream(self, lines: list[str]) -> None:
