@@ -46,7 +46,7 @@ from core.framing import FrameDecoder, FrameError, encode as frame
 from core.messages import Code, Error, Message, SchemaError, encode, requests
 from core.rules import Announce, Append, Chat, Close, Effect, Send, parse_credentials
 from shell.connections import LOGIN_FRAME, Batch, Connection, Limits, ReadControl
-from shell.console import Console
+from shell.server_console import Console
 from shell.logs import MAX_OPEN_LOGS, Logs  # noqa: F401 (MAX_OPEN_LOGS: part of the server's interface)
 from shell.startup import RESERVED_FDS, fail, hash_password, listen, parse_arguments, raise_file_limit  # noqa: F401
 
