@@ -5,6 +5,8 @@ PORT ?= 5000
 ATTEMPTS ?= 3
 SERVER_IP ?= 127.0.0.1
 UDP_PORT ?= 0
+# where make run-client saves received files; {username} is the user logged in
+DIR ?= received/{username}
 SERVER_FLAGS ?=
 CLIENT_FLAGS ?=
 PYTEST_FLAGS ?=
@@ -15,7 +17,7 @@ run-server:
 	$(PYTHON) server.py $(PORT) $(ATTEMPTS) $(SERVER_FLAGS)
 
 run-client:
-	$(PYTHON) client.py $(SERVER_IP) $(PORT) $(UDP_PORT) $(CLIENT_FLAGS)
+	$(PYTHON) client.py $(SERVER_IP) $(PORT) $(UDP_PORT) --receive-dir '$(DIR)' $(CLIENT_FLAGS)
 
 # The test tools live in a virtual environment made on first use; it is remade when the
 # pinned requirements change.

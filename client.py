@@ -9,11 +9,7 @@ lines and file contents (``DiskStorage``). No threads, no sleeps, and only one b
 read: the password, typed while logging in, when nothing else can happen yet. Timers are
 the select timeout (the nearest deadline).
 
-On a terminal, input is edited with GNU readline's callback interface, so a line that
-arrives while the user types clears the input line, prints, and redraws the prompt and the
-half-typed text. Python's ``readline`` module does not expose that interface, so it is
-reached through ``ctypes`` in the library the module has already loaded. Without it, or
-when stdin is not a terminal, lines are read from the file descriptor and split here.
+The terminal side (line editing, prompts, the progress line) is ``shell.console``.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
-import getpass
 import os
 import random
 import selectors
@@ -31,15 +26,15 @@ import stat
 import struct
 import sys
 import time
-import unicodedata
 from collections import deque
 from types import FrameType
-from typing import NoReturn, Protocol, Sequence, TextIO
+from typing import NoReturn, Sequence
 
 from core.client_session import (
-    Address, Ask, ClientSession, Datagrams, Download, Effect, Exit, Print, Prompt, Send, Status,
-    Transfers, Upload,
+    Address, Ask, ClientSession, Connect, Datagrams, Download, Effect, Exit, Print, Prompt, Send,
+    Status, Transfers, Upload,
 )
+from core.completion import Names, candidates
 from core.framing import FrameDecoder, FrameError, encode as frame
 from core.messages import Message, SchemaError, encode, replies
 from core.render import printable
@@ -47,6 +42,8 @@ from core.transfer import MIN_DATAGRAM_SIZE
 from core.transfer_wire import MAX_DATAGRAM as MAX_UDP_PAYLOAD
 from core.transfers import DEFAULT_MAX_RECEIVE_SIZE, TransferEngine
 from core.udp_batching import NO_GSO, READ_SIZE, SOL_UDP, UDP_GRO, UDP_SEGMENT, gro_segment_size, gso_run_end
+from shell.console import Console, Line, ReadlineConsole, open_console, take_terminal
+from shell.receive_dir import USERNAME, ReceiveDirectory
 
 CONNECT_TIMEOUT = 10.0
 READ_CHUNK = 64 * 1024
@@ -55,255 +52,6 @@ DATAGRAMS_PER_TURN = 512  # a datagram flood cannot starve the terminal or the s
 BYTES_PER_TURN = 4 * 1024 * 1024  # nor hold more than this in memory before it is written
 SOCKET_BUFFER = 4 * 1024 * 1024  # asked for SO_RCVBUF/SO_SNDBUF; Linux doubles it, capped by [rw]mem_max
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-
-
-# --- input and output --------------------------------------------------------------------
-
-Line = str | None  # None: end of input
-
-
-class Console(Protocol):
-    """The user's side: lines typed in, lines shown, prompts."""
-
-    hides_input: bool  # a password must be read with read_secret (a terminal)
-
-    def fileno(self) -> int: ...
-
-    def read(self) -> list[Line]:
-        """The lines completed by what stdin holds now (it is readable)."""
-        ...
-
-    def read_secret(self, prompt: Prompt) -> list[Line]:
-        """Block for one line without echo; [] when interrupted by Ctrl-C."""
-        ...
-
-    def show(self, lines: list[str]) -> None: ...
-
-    def ask(self, prompt: Prompt) -> None: ...
-
-    def status(self, text: str | None, *, redraw: bool = True) -> None:
-        """Show ``text`` as a line redrawn in place above the input line (None: remove it);
-        without ``redraw``, it appears with the next lines shown."""
-        ...
-
-    def close(self) -> None: ...
-
-
-def read_password(prompt: Prompt) -> list[Line]:
-    """``getpass`` on the terminal: the loop's one blocking read, made while logging in."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # so Ctrl-C ends the read
-    interrupted = False
-    try:
-        return [getpass.getpass(prompt.value)]
-    except EOFError:
-        return [None]
-    except KeyboardInterrupt:
-        interrupted = True
-        return []
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if interrupted:
-            print(flush=True)
-            signal.raise_signal(signal.SIGINT)  # the loop's handler sees it like any other Ctrl-C
-
-
-class LineConsole:
-    """stdin as a byte stream split into lines: a pipe, a file, or a terminal without readline.
-
-    Prompts are shown as lines of their own (without the trailing space), so that a
-    transcript reads one event per line.
-    """
-
-    def __init__(self, out: TextIO, fd: int = 0) -> None:
-        self.out = out
-        self.fd = fd
-        self.hides_input = os.isatty(fd)
-        self._partial = b""
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def read(self) -> list[Line]:
-        try:
-            data = os.read(self.fd, READ_CHUNK)
-        except OSError:  # e.g. the terminal went away
-            data = b""
-        if not data:
-            last, self._partial = self._partial, b""
-            return [*([_decode(last)] if last else []), None]
-        *complete, self._partial = (self._partial + data).split(b"\n")
-        return [_decode(line) for line in complete]
-
-    def read_secret(self, prompt: Prompt) -> list[Line]:
-        return read_password(prompt)
-
-    def show(self, lines: list[str]) -> None:
-        self.out.write("".join(line + "\n" for line in lines))
-        self.out.flush()
-
-    def ask(self, prompt: Prompt) -> None:
-        if not (prompt is Prompt.PASSWORD and self.hides_input):  # getpass shows its own
-            self.show([prompt.value.rstrip()])
-
-    def status(self, text: str | None, *, redraw: bool = True) -> None:
-        pass  # no line to redraw in place: a transcript shows only lines
-
-    def close(self) -> None:
-        pass
-
-
-def _decode(line: bytes) -> str:
-    return line.removesuffix(b"\r").decode("utf-8", "replace")
-
-
-_LINE_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-
-class ReadlineConsole:
-    """A terminal edited by GNU readline in callback mode (see the module's docstring)."""
-
-    hides_input = True
-
-    def __init__(self, out: TextIO) -> None:
-        """Raises ImportError, OSError or AttributeError where readline cannot be used."""
-        import readline
-
-        self.out = out
-        self._readline = readline
-        rl = ctypes.CDLL(readline.__file__)
-        self._libc = ctypes.CDLL(None)
-        self._libc.free.argtypes = [ctypes.c_void_p]
-        self._install = rl.rl_callback_handler_install
-        self._install.argtypes = [ctypes.c_char_p, _LINE_HANDLER]
-        self._read_char = rl.rl_callback_read_char
-        self._remove = rl.rl_callback_handler_remove
-        self._set_prompt = rl.rl_set_prompt
-        self._set_prompt.argtypes = [ctypes.c_char_p]
-        self._clear_line = rl.rl_clear_visible_line
-        self._redisplay = rl.rl_forced_update_display
-        # Python, not readline, handles Ctrl-C (as a clean logout)
-        ctypes.c_int.in_dll(rl, "rl_catch_signals").value = 0
-        readline.parse_and_bind("set enable-bracketed-paste off")  # a pasted line break ends a line
-        self._encoding = sys.stdin.encoding or "utf-8"
-        self._handler = _LINE_HANDLER(self._on_line)  # kept referenced while readline holds it
-        self._lines: list[Line] = []
-        self._installed = False
-        self._status: str | None = None  # the progress line, drawn just above the input line
-        self._status_drawn = False
-
-    def fileno(self) -> int:
-        return 0
-
-    def _on_line(self, pointer: int | None) -> None:
-        if pointer is None:
-            self._lines.append(None)
-            return
-        try:
-            text = ctypes.string_at(pointer).decode(self._encoding, "replace")
-        finally:
-            self._libc.free(pointer)  # readline hands over a malloc'd line
-        if text.strip():
-            self._readline.add_history(text)
-        self._lines.append(text)
-        # taken: until the session asks for the next line, type-ahead gets no prompt (set
-        # here, before readline redraws the prompt for the next line)
-        self._set_prompt(b"")
-
-    def read(self) -> list[Line]:
-        self._read_char()
-        lines, self._lines = self._lines, []
-        return lines
-
-    def read_secret(self, prompt: Prompt) -> list[Line]:
-        lines = read_password(prompt)
-        self._prompt("")
-        return lines
-
-    def show(self, lines: list[str]) -> None:
-        if self._installed:
-            self._clear_line()
-            self._libc.fflush(None)  # readline writes through C stdio, this file through Python's
-        # the lines go where the progress line was; it is drawn again below them
-        self.out.write(self._erase_status() + "".join(line + "\n" for line in lines) + self._draw_status())
-        self.out.flush()
-        if self._installed:
-            self._redisplay()
-
-    def status(self, text: str | None, *, redraw: bool = True) -> None:
-        self._status = text
-        if not self._installed or not redraw:
-            return  # drawn with the next lines shown
-        self._clear_line()
-        self._libc.fflush(None)
-        self.out.write(self._erase_status() + self._draw_status())
-        self.out.flush()
-        self._redisplay()
-
-    def _erase_status(self) -> str:
-        """Escape sequences that take the cursor from the input line's first row up to the
-        progress line's row and clear it (rl_clear_visible_line leaves it at that first row)."""
-        if not self._status_drawn:
-            return ""
-        self._status_drawn = False
-        return "\x1b[A\r\x1b[K"
-
-    def _draw_status(self) -> str:
-        if not self._status or not self._installed:
-            return ""
-        self._status_drawn = True
-        try:
-            columns = os.get_terminal_size(self.out.fileno()).columns
-        except (OSError, ValueError):
-            columns = 80
-        return _fit(self._status, columns - 1) + "\n"  # one row: erasing moves up exactly one
-
-    def ask(self, prompt: Prompt) -> None:
-        if prompt is Prompt.PASSWORD:
-            self._uninstall()  # read_secret reads it; readline would echo it
-        else:
-            self._prompt(prompt.value)
-
-    def _prompt(self, text: str) -> None:
-        encoded = text.encode(self._encoding, "replace")
-        if self._installed:
-            self._set_prompt(encoded)
-            self._redisplay()
-        else:
-            self._install(encoded, self._handler)
-            self._installed = True
-
-    def _uninstall(self) -> None:
-        if self._installed:
-            self._clear_line()
-            self._libc.fflush(None)
-            erase = self._erase_status()
-            if erase:
-                self.out.write(erase)
-                self.out.flush()
-            self._remove()  # also gives the terminal its settings back
-            self._installed = False
-
-    def close(self) -> None:
-        self._uninstall()
-
-
-def _fit(text: str, columns: int) -> str:
-    """``text`` cut to at most ``columns`` terminal cells (wide characters take two)."""
-    width = 0
-    for index, char in enumerate(text):
-        width += 2 if unicodedata.east_asian_width(char) in "WF" else 1
-        if width > columns:
-            return text[:index]
-    return text
-
-
-def open_console(out: TextIO) -> Console:
-    if os.isatty(0) and out.isatty():
-        try:
-            return ReadlineConsole(out)
-        except (ImportError, OSError, AttributeError):
-            pass  # no GNU readline here: plain line reads still work
-    return LineConsole(out)
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -317,10 +65,14 @@ class Client:
         session: ClientSession,
         transfers: Transfers,
         *,
+        names: Names | None = None,
         simulate_loss: float = 0.0,
     ) -> None:
         self.console = console
-        self.server = server
+        self.names = names or Names()  # heard from the server, for Tab completion
+        self.server: socket.socket | None = server  # None while reconnecting
+        self._server_address = server.getpeername()  # where to reconnect, resolved once
+        self._server_family = server.family
         self.udp = udp
         self.session = session
         self.transfers = transfers
@@ -331,6 +83,9 @@ class Client:
         self._lose = random.Random().random
         self.exit_code: int | None = None
         self.interrupted = False
+        self.resized = False
+        self._stdin_open = True  # until end of input
+        self._stdin_watched = True
         self._lines: list[str] = []  # lines to show, gathered so the prompt is redrawn once
         self._status: str | None = None  # the transfers' progress line (terminals only)
         self._status_changed = False
@@ -348,8 +103,13 @@ class Client:
         signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
+        if hasattr(signal, "SIGWINCH"):
+            signal.signal(signal.SIGWINCH, self._on_resize)
         self._apply(self.session.start(), time.monotonic())
         while self.exit_code is None:
+            if self.resized:
+                self.resized = False
+                self.console.resize()
             if self.interrupted:
                 self.interrupted = False
                 self._apply(self.session.interrupt(time.monotonic()), time.monotonic())
@@ -357,6 +117,7 @@ class Client:
                 self._feed(self.console.read_secret(Prompt.PASSWORD))
             if self.exit_code is not None:
                 break
+            self._watch_stdin()
             for key, mask in self.selector.select(self._timeout()):
                 key.data(mask)
                 if self.exit_code is not None:
@@ -372,6 +133,9 @@ class Client:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.interrupted = True  # acted on by the loop; the wakeup fd ends its select
+
+    def _on_resize(self, signum: int, frame: FrameType | None) -> None:
+        self.resized = True  # as for _on_signal
 
     def _on_wakeup(self, mask: int) -> None:
         try:
@@ -389,12 +153,24 @@ class Client:
         for line in lines:
             now = time.monotonic()
             if line is None:
-                self.selector.unregister(self.console.fileno())  # it would stay readable forever
+                self._stdin_open = False  # it would stay readable forever
+                self._watch_stdin()
                 self._apply(self.session.end_of_input(now), now)
             else:
                 self._apply(self.session.line(line, now), now)
             if self.exit_code is not None:
                 return
+
+    def _watch_stdin(self) -> None:
+        """Read stdin only while the console wants a line: keys typed meanwhile wait in the
+        terminal for the next prompt."""
+        wanted = self._stdin_open and self.console.wants_input
+        if wanted != self._stdin_watched:
+            self._stdin_watched = wanted
+            if wanted:
+                self.selector.register(self.console.fileno(), selectors.EVENT_READ, self._on_stdin)
+            else:
+                self.selector.unregister(self.console.fileno())
 
     # --- the server ----------------------------------------------------------------------
 
@@ -411,6 +187,7 @@ class Client:
         except OSError:
             data = b""
         if not data:
+            self._drop_server()
             self._apply(self.session.connection_lost(now), now)
             return
         try:
@@ -423,6 +200,7 @@ class Client:
             except SchemaError as exc:
                 self._apply(self.session.bad_message(str(exc)), now)
                 return
+            self.names.observe(message)
             self._apply(self.session.received(message, now), now)
             if self.exit_code is not None:
                 return
@@ -430,6 +208,8 @@ class Client:
             self._apply(self.session.bad_message(str(broken)), now)
 
     def _send(self, message: Message) -> None:
+        if self.server is None:
+            return  # lost: the session knows, and sends nothing until it has logged in again
         self.out += frame(encode(message))
         self._write_server()
 
@@ -439,7 +219,7 @@ class Client:
         except BlockingIOError:
             sent = 0
         except OSError:
-            self.out.clear()
+            self._drop_server()
             now = time.monotonic()
             self._apply(self.session.connection_lost(now), now)
             return
@@ -447,6 +227,38 @@ class Client:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
         if self.selector.get_key(self.server).events != events:
             self.selector.modify(self.server, events, self._on_server)
+
+    def _drop_server(self) -> None:
+        """Forget the connection to the server (lost, or an attempt to reconnect failed)."""
+        if self.server is not None:
+            self.selector.unregister(self.server)
+            self.server.close()
+            self.server = None
+        self.out.clear()
+        self.decoder = FrameDecoder(MAX_REPLY_FRAME)
+
+    def _connect(self, now: float) -> None:
+        """Start connecting to the server again without blocking: done when writable."""
+        sock = socket.socket(self._server_family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        error = sock.connect_ex(self._server_address)
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._apply(self.session.connect_failed(now), now)
+            return
+        self.server = sock
+        self.selector.register(sock, selectors.EVENT_WRITE, self._on_connected)
+
+    def _on_connected(self, mask: int) -> None:
+        now = time.monotonic()
+        assert self.server is not None
+        if self.server.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._drop_server()
+            self._apply(self.session.connect_failed(now), now)
+            return
+        self.server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.selector.modify(self.server, selectors.EVENT_READ, self._on_server)
+        self._apply(self.session.connected(now), now)
 
     # --- UDP -----------------------------------------------------------------------------
 
@@ -519,6 +331,8 @@ class Client:
                     self._apply(self.transfers.upload(effect, now), now)
                 case Download(offer):
                     self._apply(self.transfers.download(offer, now), now)
+                case Connect():
+                    self._connect(now)
                 case Status(text):
                     self._status = text  # drawn once, below the lines shown with it
                     self._status_changed = True
@@ -551,7 +365,8 @@ class Client:
         signal.set_wakeup_fd(-1)
         self.selector.close()
         for sock in (self._wakeup, self._wakeup_write, self.server, self.udp):
-            sock.close()
+            if sock is not None:
+                sock.close()
         self.console.close()
 
 
@@ -720,7 +535,7 @@ def write_chunks(fd: int, chunks: list[memoryview]) -> None:
 class DiskStorage:
     """``core.transfers.Storage`` on the disk: received files go to ``directory``."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = directory
 
     def open_source(self, path: str) -> DiskSource:
@@ -767,7 +582,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("udp_port", metavar="CLIENT_UDP_PORT",
                         help="UDP port for files from other clients (0: let the OS choose)")
     parser.add_argument("--receive-dir", default=".",
-                        help="where received files are saved (default: the working directory)")
+                        help="where received files are saved (default: the working directory); "
+                             f"{USERNAME} in it stands for the user, and the directory is made")
     parser.add_argument("--datagram-size", metavar="BYTES",
                         help=f"size of the UDP datagrams a file is sent in, and the largest accepted "
                              f"({MIN_DATAGRAM_SIZE}-{MAX_UDP_PAYLOAD}; default: {MAX_UDP_PAYLOAD} to a "
@@ -775,12 +591,16 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-receive-size", metavar="SIZE", default=str(DEFAULT_MAX_RECEIVE_SIZE),
                         help="refuse files larger than this; bytes, or with a K, M, G or T suffix "
                              "(powers of 1024; default: 4G)")
+    parser.add_argument("--reconnect", action=argparse.BooleanOptionalAction, default=None,
+                        help="when the connection to the server is lost, try again (1, 2, 4 ... 30 s "
+                             "apart) and log in again (default: on a terminal only; otherwise the "
+                             "client exits, as scripts expect)")
     parser.add_argument("--simulate-loss", metavar="FRACTION", type=float, default=0.0,
                         help="testing: drop this fraction (0-1) of the UDP datagrams this client sends")
     args = parser.parse_args(argv)
     args.server_port = _port(args.server_port, "server port", 1)
     args.udp_port = _port(args.udp_port, "UDP port", 0)
-    if not os.path.isdir(args.receive_dir):
+    if USERNAME not in args.receive_dir and not os.path.isdir(args.receive_dir):
         fail(f"Cannot use {args.receive_dir} to receive files: it is not a directory", 2)
     if args.datagram_size is not None:
         text = args.datagram_size
@@ -871,16 +691,20 @@ def main(argv: list[str]) -> int:
     sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets "?"
     udp = bind_udp(args.udp_port)
     server = connect(args.server_ip, args.server_port)
-    session = ClientSession(udp.getsockname()[1], file_size=regular_file_size)
-    console = open_console(sys.stdout)
+    reconnect = sys.stdin.isatty() if args.reconnect is None else args.reconnect
+    session = ClientSession(udp.getsockname()[1], file_size=regular_file_size, reconnect=reconnect)
+    names = Names()
+    console = open_console(sys.stdout, lambda before, word: candidates(before, word, names, session.username))
     # Incoming transfers may fill 3/4 of the receive buffer the kernel really granted (the
     # rest is room for the ACKs of our own uploads); the engine shares it among them.
     granted = udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     transfers = TransferEngine(
-        DiskStorage(args.receive_dir), receive_window=granted * 3 // 4, datagram_size=args.datagram_size,
+        DiskStorage(ReceiveDirectory(args.receive_dir, lambda: session.username)),
+        receive_window=granted * 3 // 4, datagram_size=args.datagram_size,
         max_receive_size=args.max_receive_size, show_progress=isinstance(console, ReadlineConsole),
     )
-    client = Client(console, server, udp, session, transfers, simulate_loss=args.simulate_loss)
+    client = Client(console, server, udp, session, transfers, names=names, simulate_loss=args.simulate_loss)
+    give_back_terminal = take_terminal()
     try:
         return client.run()
     except BrokenPipeError:  # whoever read our output has gone; the server logs us out
@@ -888,6 +712,7 @@ def main(argv: list[str]) -> int:
         return 1
     finally:
         client.close()
+        give_back_terminal()
 
 
 if __name__ == "__main__":

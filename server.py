@@ -44,7 +44,8 @@ from core.admission import AddressLimits, Admission
 from core.flood import TokenBucket
 from core.framing import FrameDecoder, FrameError, encode as frame
 from core.messages import Code, Error, Message, SchemaError, encode, requests
-from core.rules import Announce, Append, Chat, Close, Effect, Send, parse_credentials
+from core.login_throttle import LoginThrottle
+from core.rules import Announce, Append, Chat, Close, Effect, Hold, Send, parse_credentials, unusable_accounts
 from shell.connections import LOGIN_FRAME, Batch, Connection, Limits, ReadControl
 from shell.server_console import Console
 from shell.logs import MAX_OPEN_LOGS, Logs  # noqa: F401 (MAX_OPEN_LOGS: part of the server's interface)
@@ -248,8 +249,36 @@ class Server(ReadControl):
                 self._logged_in(conn, replies)
                 return
             batches.append((conn, replies))
-            if replies and type(replies[-1]) is Close:  # a Close is always the last effect of a request
+            last = type(replies[-1]) if replies else None
+            if last is Close:  # a Close is always the last effect of a request
                 return  # whatever it sent after its own end is ignored
+            if last is Hold:  # so is a Hold: the core finishes the request at its time
+                self._hold(conn, replies[-1].until)
+                return
+
+    def _hold(self, conn: Connection, until: float) -> None:
+        """The core put a request off (rules.Hold): read and handle nothing of ``conn`` before
+        ``until``, then let the core resume it."""
+        conn.holds += 1
+        self._at(until, conn, self._resume_held)
+        self._stop_reading(conn)
+
+    def _resume_held(self, conn: Connection, now: float) -> list[Effect]:
+        conn.holds -= 1
+        try:
+            replies = self.chat.resume(conn.conn_id, now)
+        except Exception:  # as in _handle: a bug costs one connection, never the server
+            traceback.print_exc()
+            return self._reject(conn, "Error. Internal server error.")
+        if not conn.logged_in and self.chat.sessions[conn.conn_id].username:
+            self._logged_in(conn, replies)  # its replies go out with the next userlog.txt
+            return []
+        last = type(replies[-1]) if replies else None
+        if last is Hold:
+            self._hold(conn, replies[-1].until)
+        elif last is not Close:
+            self._read_again(conn)  # what it sent meanwhile, then read it again
+        return replies
 
     def _logged_in(self, conn: Connection, replies: list[Effect]) -> None:
         """A login: bigger frames from now on; its replies wait until userlog.txt lists it, and
@@ -469,6 +498,8 @@ def load_accounts(path: Path) -> dict[str, str]:
         fail(f"Cannot read {path}: {exc.strerror}")
     except (UnicodeDecodeError, ValueError) as exc:
         fail(f"Cannot read {path}: {exc}")
+    for problem in unusable_accounts(accounts):
+        print(f"Warning: in {path}, {problem}", file=sys.stderr)
     for username, stored in accounts.items():
         if passwords.malformed_hash(stored):  # name the account, never the password
             print(f"Warning: the password of {username} in {path} starts with {passwords.PREFIX!r} but is "
@@ -499,7 +530,9 @@ def main(argv: list[str]) -> int:
                     max_waiting=args.max_waiting,
                     addresses=AddressLimits(args.per_address, args.per_address_waiting, args.per_address_rate))
     listener = listen(args.host, args.port)
-    chat = Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history)
+    chat = Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history,
+                login_throttle=LoginThrottle(args.failed_login_burst, args.failed_login_rate),
+                max_groups_per_user=args.max_groups_per_user, max_groups=args.max_groups)
     server = Server(listener, chat, logs, limits, None if args.quiet else sys.stdout)
     host, port = listener.getsockname()
     print(f"TESSENGER server listening on {host}:{port} ({len(accounts)} accounts, "

@@ -23,6 +23,7 @@ from enum import Enum, auto
 from typing import Callable, Protocol, Sequence, Union
 
 from . import commands, render
+from .reconnect import Backoff
 from .framing import DEFAULT_MAX_FRAME
 from .messages import (
     ActiveUser, Bye, CheckUser, Code, CreateGroup, Error, GroupInvite, GroupMessage, GroupMsg,
@@ -33,6 +34,10 @@ from .messages import (
 LOGOUT_WAIT = 2.0  # seconds to wait for the server's ``bye`` before leaving anyway
 LOGIN_CANCELLED = "Login cancelled."
 CONNECTION_LOST = "Connection to the server was lost."
+RECONNECTING = "Connection to the server was lost. Reconnecting... (Ctrl-C to give up)"
+RECONNECTED = "Reconnected."
+NOT_CONNECTED = "Error. Not connected to the server: reconnecting... (Ctrl-C to give up)"
+GAVE_UP = "Gave up reconnecting."
 INVALID_USERNAME = "Invalid Username. Please try again"
 INVALID_PASSWORD = "Invalid Password. Please try again"
 
@@ -104,13 +109,18 @@ class Datagrams:
 
 
 @dataclass(frozen=True, slots=True)
+class Connect:
+    """Open a new connection to the server, then call ``connected`` or ``connect_failed``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     """Show ``text`` as the progress line on a terminal, redrawn in place; None removes it."""
 
     text: str | None
 
 
-Effect = Union[Send, Print, Ask, Exit, Upload, Download, Datagrams, Status]
+Effect = Union[Send, Print, Ask, Exit, Upload, Download, Datagrams, Status, Connect]
 
 
 class Transfers(Protocol):
@@ -149,16 +159,26 @@ class State(Enum):
     READY = auto()  # logged in, waiting for a command
     BUSY = auto()  # a command's request sent, waiting for its replies
     LEAVING = auto()  # logout sent, waiting for bye
+    RECONNECTING = auto()  # the connection was lost: waiting to try again, or connecting
     DONE = auto()  # Exit emitted; nothing more happens
 
 
-_PROMPTS = {State.USERNAME: Prompt.USERNAME, State.PASSWORD: Prompt.PASSWORD, State.READY: Prompt.COMMAND}
+_PROMPTS = {
+    State.USERNAME: Prompt.USERNAME, State.PASSWORD: Prompt.PASSWORD, State.READY: Prompt.COMMAND,
+    State.RECONNECTING: Prompt.COMMAND,  # what is typed gets an error (or /help, /logout)
+}
 _PUSHES = (PrivateMessage, GroupMessage, GroupInvite, TransferOffer)
 
 
 class ClientSession:
     """One user's session. ``file_size(path)`` is the size of the file a user wants to send,
-    raising OSError (FileNotFoundError when there is none) when it cannot be sent."""
+    raising OSError (FileNotFoundError when there is none) when it cannot be sent.
+
+    With ``reconnect``, a logged-in session whose connection is lost waits (``Backoff``),
+    asks the shell to ``Connect`` again, and logs in again with the username and password
+    it holds, through the same check_user and login steps as the user; any refusal then
+    ends the client with the server's line, whichever step it comes at.
+    """
 
     def __init__(
         self,
@@ -167,6 +187,7 @@ class ClientSession:
         file_size: Callable[[str], int],
         logout_wait: float = LOGOUT_WAIT,
         max_frame: int = DEFAULT_MAX_FRAME,
+        reconnect: bool = False,
     ) -> None:
         self.udp_port = udp_port
         self.file_size = file_size
@@ -180,6 +201,11 @@ class ClientSession:
         self._command: commands.Command | None = None  # the command awaiting replies
         self._file_size = 0  # of the file a /p2pvideo or /groupvideo in flight announced
         self._leave_by: float | None = None
+        self.reconnect = reconnect
+        self._secret = ""  # the password last sent, for logging in again
+        self._relogging = False  # logging in again after a lost connection
+        self._backoff = Backoff()
+        self._retry_at: float | None = None  # the next attempt to connect, while RECONNECTING
 
     @property
     def waiting_for(self) -> Prompt | None:
@@ -206,6 +232,8 @@ class ClientSession:
     def interrupt(self, now: float) -> list[Effect]:
         """Ctrl-C: leave now, dropping typed-ahead lines; a second Ctrl-C stops waiting for bye."""
         self._typed.clear()
+        if self.state is State.RECONNECTING or self._relogging:
+            return self._exit(1, GAVE_UP)
         if self.state in (State.USERNAME, State.CHECKING, State.PASSWORD, State.LOGGING_IN):
             return self._exit(1, LOGIN_CANCELLED)
         if self.state is State.LEAVING:
@@ -225,6 +253,8 @@ class ClientSession:
             return self._print(render.lines(message))
         if isinstance(message, Error) and message.code == Code.PROTOCOL:
             return self._exit(1, message.text)  # the server closes the connection after it
+        if self._relogging:
+            return self._relogin_reply(message, now)
         if self.state in (State.CHECKING, State.LOGGING_IN):
             return self._login_reply(message, now)
         return self._reply(message, now)
@@ -240,16 +270,70 @@ class ClientSession:
             return []
         if self.state is State.LEAVING:
             return self._exit(0, render.bye(self.username))
+        if self.reconnect and (self.state in (State.READY, State.BUSY) or self._relogging):
+            return self._lost(now)
         return self._exit(1, CONNECTION_LOST)
+
+    # --- reconnecting --------------------------------------------------------------------
+
+    def _lost(self, now: float) -> list[Effect]:
+        effects: list[Effect] = [] if self._relogging else [Print(RECONNECTING)]
+        self.state = State.RECONNECTING
+        self._relogging = False
+        self._command, self._replies_due = None, 0  # its replies will never come
+        self._retry_at = now + self._backoff.next_delay()
+        return effects
+
+    def connected(self, now: float) -> list[Effect]:
+        """The shell's ``Connect`` succeeded: log in again, as the user did."""
+        if self.state is not State.RECONNECTING:
+            return []
+        self._relogging = True
+        self.state = State.CHECKING
+        return [Send(CheckUser(self.username))]
+
+    def connect_failed(self, now: float) -> list[Effect]:
+        if self.state is State.RECONNECTING:
+            self._retry_at = now + self._backoff.next_delay()
+        return []
+
+    def _relogin_reply(self, message: Message, now: float) -> list[Effect]:
+        if isinstance(message, Error):  # blocked, logged in elsewhere, password changed ...
+            return self._exit(1, message.text)
+        if isinstance(message, UserOk) and self.state is State.CHECKING:
+            self.state = State.LOGGING_IN
+            return [Send(Login(self.username, self._secret, self.udp_port))]
+        if isinstance(message, Welcome) and self.state is State.LOGGING_IN:
+            self._relogging = False
+            self._backoff.reset()
+            self.state = State.READY
+            return [Print(RECONNECTED), Ask(Prompt.COMMAND), *self._next_input(now)]
+        return []
+
+    def _offline(self, text: str, now: float) -> list[Effect]:
+        """A line typed while reconnecting: only what needs no server can run."""
+        command = commands.parse(text)
+        if command is None:
+            return [Ask(Prompt.COMMAND)]
+        if isinstance(command, commands.Logout):
+            return self._exit(0, render.bye(self.username))
+        if isinstance(command, (commands.Help, commands.Rejected)):
+            return self._command_line(text, now)
+        return [Print(NOT_CONNECTED), Ask(Prompt.COMMAND)]
 
     # --- time ----------------------------------------------------------------------------
 
     def deadline(self) -> float | None:
+        if self.state is State.RECONNECTING:
+            return self._retry_at
         return self._leave_by if self.state is State.LEAVING else None
 
     def tick(self, now: float) -> list[Effect]:
         if self.state is State.LEAVING and self._leave_by is not None and now >= self._leave_by:
             return self._exit(0, render.bye(self.username))
+        if self.state is State.RECONNECTING and self._retry_at is not None and now >= self._retry_at:
+            self._retry_at = None  # until the shell reports how the attempt went
+            return [Connect()]
         return []
 
     # --- input ---------------------------------------------------------------------------
@@ -262,6 +346,8 @@ class ClientSession:
         if self._end_of_input and not self._typed and self.state in _PROMPTS:
             if self.state is State.READY:
                 effects += self._leave(now)
+            elif self.state is State.RECONNECTING:
+                effects += self._exit(0, render.bye(self.username))
             else:
                 effects += self._exit(1, LOGIN_CANCELLED)
         return effects
@@ -271,6 +357,8 @@ class ClientSession:
             return self._username(text.strip())
         if self.state is State.PASSWORD:
             return self._password(text.strip())
+        if self.state is State.RECONNECTING:
+            return self._offline(text, now)
         return self._command_line(text, now)
 
     def _username(self, username: str) -> list[Effect]:
@@ -289,6 +377,7 @@ class ClientSession:
         if self._unsendable(request):  # e.g. a space: no password in credentials.txt has one
             return [Print(INVALID_PASSWORD), Ask(Prompt.PASSWORD)]
         self.state = State.LOGGING_IN
+        self._secret = password
         return [Send(request)]
 
     def _command_line(self, text: str, now: float) -> list[Effect]:
@@ -298,7 +387,7 @@ class ClientSession:
         if isinstance(command, commands.Rejected):
             return [Print(command.error), Ask(Prompt.COMMAND)]
         if isinstance(command, commands.Help):
-            return [*self._print(commands.help_lines()), Ask(Prompt.COMMAND)]
+            return [*self._print(commands.help_lines(command.command)), Ask(Prompt.COMMAND)]
         if isinstance(command, commands.Logout):
             return self._leave(now)
         request = self._request(command)

@@ -32,11 +32,15 @@ HELP: tuple[tuple[str, str], ...] = (
     ("/p2pvideo USERNAME FILENAME", "send a file to a user, peer to peer over UDP"),
     ("/groupvideo GROUPNAME FILENAME", "send a file to every joined, active member of a group"),
     ("/logout", "log out and quit (Ctrl-D and Ctrl-C do the same)"),
-    ("/help", "show this list"),
+    ("/quit", "the same as /logout"),
+    ("/exit", "the same as /logout"),
+    ("/help [COMMAND]", "show this list, or how to use one command"),
 )
 # the usage of each command word; /msgto's plain form is the one its usage error names
 USAGE: dict[str, str] = {usage.split(" ", 1)[0]: usage for usage, _ in reversed(HELP)}
 MSGTO_COUNTED_USAGE = HELP[1][0]
+ALIASES = {"/quit": "/logout", "/exit": "/logout"}  # other words for a command
+WORDS = tuple(dict.fromkeys(usage.split(" ", 1)[0] for usage, _ in HELP))  # in /help's order
 
 COMMAND_PROMPT = (
     "Enter one of the following commands (/msgto, /activeuser, /creategroup, /joingroup, "
@@ -44,9 +48,10 @@ COMMAND_PROMPT = (
 )
 
 
-def help_lines() -> list[str]:
+def help_lines(word: str | None = None) -> list[str]:
+    """Every command with its usage, or only those of the command ``word``."""
     width = max(len(usage) for usage, _ in HELP)
-    return [f"{usage.ljust(width)}  {what}" for usage, what in HELP]
+    return [f"{usage.ljust(width)}  {what}" for usage, what in HELP if word in (None, usage.split(" ", 1)[0])]
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -130,8 +135,10 @@ class Logout:
 
 @dataclass(frozen=True, slots=True)
 class Help:
+    command: str | None = None  # a command word, with its "/"
+
     def line(self) -> str:
-        return "/help"
+        return f"/help {self.command}" if self.command else "/help"
 
 
 Command = Union[MsgTo, ActiveUser, CreateGroup, JoinGroup, GroupMsg, P2PVideo, GroupVideo, Logout, Help]
@@ -279,12 +286,20 @@ def _parse_groupvideo(rest: str) -> GroupVideo | Rejected:
     return _problem(_group(words[0], "The group chat does not exist."), _file(path)) or GroupVideo(words[0], path)
 
 
-def _parse_logout(rest: str) -> Logout | Rejected:
-    return _usage(USAGE["/logout"]) if rest else Logout()
+def _parse_logout(rest: str, word: str = "/logout") -> Logout | Rejected:
+    return _usage(USAGE[word]) if rest else Logout()
 
 
 def _parse_help(rest: str) -> Help | Rejected:
-    return _usage(USAGE["/help"]) if rest else Help()
+    words = _words(rest)
+    if not words:
+        return Help()
+    word = "/" + words[0].removeprefix("/")  # "/help msgto" is "/help /msgto"
+    if len(words) > 1:
+        return _usage(USAGE["/help"])
+    if word not in USAGE:
+        return Rejected(f"Error. There is no command {word}. Usage: {USAGE['/help']}")
+    return Help(word)
 
 
 _PARSERS: dict[str, Callable[[str], Command | Rejected]] = {
@@ -296,5 +311,7 @@ _PARSERS: dict[str, Callable[[str], Command | Rejected]] = {
     "/p2pvideo": _parse_p2pvideo,
     "/groupvideo": _parse_groupvideo,
     "/logout": _parse_logout,
+    "/quit": lambda rest: _parse_logout(rest, "/quit"),
+    "/exit": lambda rest: _parse_logout(rest, "/exit"),
     "/help": _parse_help,
 }

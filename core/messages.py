@@ -9,6 +9,7 @@ everything a peer sends (structure, field types, lengths, printable text) and ra
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass, fields
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from operator import attrgetter
@@ -37,8 +38,40 @@ def valid_text(text: str) -> str | None:
     # and also separators like U+2028 that terminals and editors treat as line breaks: what
     # a log line must never contain
     if not text.isprintable():
-        return "message contains control characters"
+        return _unprintable(text)
     return None
+
+
+ZWJ = "\u200d"  # joins emoji into one (👨‍👩‍👧): allowed between two visible characters
+
+
+def _unprintable(text: str) -> str | None:
+    """Why ``text``, which is not all printable, cannot be a message (None: it can; its only
+    unprintable characters are zero-width joiners inside emoji or words)."""
+    for index, char in enumerate(text):
+        if char.isprintable():
+            continue
+        if joins(text, index):
+            continue
+        category, code = unicodedata.category(char), f"U+{ord(char):04X}"
+        if category == "Cc":
+            return f"message contains a control character ({code})"
+        if category == "Zs":
+            return f"message contains a space other than the plain space ({code})"
+        return f"message contains an invisible or line-breaking character ({code})"
+    return None
+
+
+def joins(text: str, index: int) -> bool:
+    """``text[index]`` is a zero-width joiner between two visible characters."""
+    return (
+        text[index] == ZWJ and 0 < index < len(text) - 1
+        and _visible(text[index - 1]) and _visible(text[index + 1])
+    )
+
+
+def _visible(char: str) -> bool:
+    return char.isprintable() and not char.isspace()
 
 
 def valid_name(name: str) -> bool:
@@ -148,7 +181,8 @@ class Record:
 
 @dataclass(slots=True)
 class CheckUser(Message):
-    """First login step: is this username one that may log in now?"""
+    """First login step: is there an account by this name? (Nothing more is told before the
+    password: whether it is blocked or logged in is the answer to ``Login``.)"""
 
     TYPE: ClassVar[str] = "check_user"
     username: Name
@@ -223,7 +257,7 @@ class GroupVideo(Message):
 
 @dataclass(slots=True)
 class UserOk(Message):
-    """The username may log in: ask for the password."""
+    """The username names an account: ask for the password."""
 
     TYPE: ClassVar[str] = "user_ok"
 

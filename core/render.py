@@ -11,7 +11,7 @@ from typing import Callable
 
 from .messages import (
     ActiveUsers, Bye, Error, GroupCreated, GroupInvite, GroupJoined, GroupMessage, GroupSent,
-    Message, MsgSent, PrivateMessage, Welcome,
+    Message, MsgSent, PrivateMessage, Welcome, joins,
 )
 
 WELCOME = "Welcome to TESSENGER!"
@@ -19,10 +19,14 @@ NO_OTHER_USER = "no other active user"
 
 
 def printable(line: str) -> str:
-    """``line`` with every non-printable character shown as its escape (``\\x1b``, ``\\u2028``)."""
+    """``line`` with every non-printable character shown as its escape (``\\x1b``, ``\\u2028``),
+    except zero-width joiners inside emoji (``core.messages.joins``)."""
     if line.isprintable():
         return line
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in line)
+    return "".join(
+        c if c.isprintable() or joins(line, i) else c.encode("unicode_escape").decode("ascii")
+        for i, c in enumerate(line)
+    )
 
 
 def bye(username: str) -> str:

@@ -13,15 +13,18 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Union
 
 from . import logformat, passwords
+from .login_throttle import LoginThrottle
 from .messages import (
     ActiveUser, Code, ActiveUserEntry, ActiveUsers, Bye, CheckUser, CreateGroup, Error, GroupCreated,
     GroupInvite, GroupJoined, GroupMessage, GroupMsg, GroupSent, GroupVideo, JoinGroup, Login,
     Logout, Message, MsgSent, MsgTo, P2PVideo, PrivateMessage, Request, TransferOffer,
-    TransferReady, TransferTarget, UserOk, Welcome,
+    TransferReady, TransferTarget, UserOk, Welcome, valid_name, valid_password,
 )
 
 ConnId = int
 DEFAULT_BLOCK_SECONDS = 10.0
+DEFAULT_MAX_GROUPS_PER_USER = 100
+DEFAULT_MAX_GROUPS = 10_000
 
 
 # --- effects -----------------------------------------------------------------------------
@@ -58,7 +61,16 @@ class Close:
     conn: ConnId
 
 
-Effect = Union[Send, Append, Announce, Close]
+@dataclass(slots=True)
+class Hold:
+    """The request was not handled yet: read and handle nothing more from ``conn`` before
+    ``until``, then call ``Chat.resume`` (which may answer with another ``Hold``)."""
+
+    conn: ConnId
+    until: float
+
+
+Effect = Union[Send, Append, Announce, Close, Hold]
 
 
 # --- state -------------------------------------------------------------------------------
@@ -71,6 +83,7 @@ class Session:
     udp_port: int = 0
     since: str = ""
     userlog_entry: str = ""  # its userlog.txt line but for the SEQ
+    held: Login | None = None  # a login waiting for its address's turn (see Hold)
 
 
 @dataclass(slots=True)
@@ -84,18 +97,45 @@ class Group:
 def parse_credentials(text: str) -> dict[str, str]:
     """Accounts from ``credentials.txt``: ``USERNAME PASSWORD`` a line, blank lines ignored.
 
-    Raises ValueError naming the first malformed line.
+    A byte order mark at the start (as some editors write) is no part of the first name.
+    Raises ValueError naming the first malformed line, or a username's second line: which
+    password was meant is not for the server to guess.
     """
     accounts: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    lines: dict[str, int] = {}
+    for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue
         parts = line.split(" ")
         if len(parts) != 2 or not all(parts):
             raise ValueError(f"line {number} is not 'USERNAME PASSWORD'")
-        accounts[parts[0]] = parts[1]
+        username, password = parts
+        if username in accounts:
+            raise ValueError(f"line {number} repeats the username {_shown(username)} of line {lines[username]}")
+        accounts[username] = password
+        lines[username] = number
     return accounts
+
+
+def _shown(name: str) -> str:
+    """``name`` as it may be printed: escaped (in quotes) when it holds what a terminal acts on."""
+    return name if name.isprintable() else ascii(name)
+
+
+def unusable_accounts(accounts: dict[str, str]) -> list[str]:
+    """One line for each account no client could ever log in to: its username or its
+    password is no name or password the protocol carries (a control or invisible character,
+    or too long). The password itself is never shown."""
+    problems = []
+    for username, password in accounts.items():
+        if not valid_name(username):
+            problems.append(f"the username {_shown(username)} cannot be typed (control or invisible characters, "
+                            "or too long); that account can never log in")
+        elif not valid_password(password):
+            problems.append(f"the password of {username} cannot be typed (control or invisible characters, "
+                            "or too long); that account can never log in")
+    return problems
 
 
 def _error(conn: ConnId, text: str, code: str = Code.COMMAND) -> Send:
@@ -113,11 +153,18 @@ class Chat:
         block_seconds: float = DEFAULT_BLOCK_SECONDS,
         history: dict[str, int] | None = None,
         new_transfer_id: Callable[[], str] = lambda: secrets.token_hex(16),
+        login_throttle: LoginThrottle | None = None,
+        max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER,
+        max_groups: int = DEFAULT_MAX_GROUPS,
     ) -> None:
         """``history`` maps each existing log file name to its last message number."""
         self.accounts = accounts
         self.max_failures = max_failures
         self.block_seconds = block_seconds
+        self.login_throttle = login_throttle if login_throttle is not None else LoginThrottle()
+        self.max_groups_per_user = max_groups_per_user
+        self.max_groups = max_groups
+        self.groups_created: dict[str, int] = {}  # creator -> groups created
         self._history = dict(history or {})
         self.messages = self._history.get(logformat.MESSAGELOG, 0)
         self._new_transfer_id = new_transfer_id
@@ -161,40 +208,47 @@ class Chat:
         return [_error(conn, text, Code.PROTOCOL), Close(conn)]
 
     # --- login ---------------------------------------------------------------------------
+    # Nothing about an account is told before a password is given, but that its name is
+    # unknown: "blocked" answers a login with any password during the block, and "already
+    # logged in" one with the right password (a wrong one is a failure like any other).
 
     def is_blocked(self, username: str, now: float) -> bool:
         return now < self.blocked_until.get(username, 0.0)
 
-    def _refusal(self, username: str, now: float) -> tuple[str, str] | None:
-        """Why ``username`` cannot log in now regardless of the password, as (code, text)."""
-        if username not in self.accounts:
-            return Code.INVALID_USERNAME, "Invalid Username. Please try again"
-        if self.is_blocked(username, now):
-            return Code.BLOCKED, "Your account is blocked due to multiple login failures. Please try again later"
-        if username in self.active:
-            return Code.ALREADY_LOGGED_IN, f"{username} is already logged in"
-        return None
-
-    def _refuse(self, conn: ConnId, code: str, text: str) -> list[Effect]:
-        effects: list[Effect] = [_error(conn, text, code)]
-        if code == Code.BLOCKED:
-            effects.append(Close(conn))
-        return effects
+    def _invalid_username(self, conn: ConnId) -> list[Effect]:
+        return [_error(conn, "Invalid Username. Please try again", Code.INVALID_USERNAME)]
 
     def _check_user(self, session: Session, request: CheckUser, now: float) -> list[Effect]:
-        refusal = self._refusal(request.username, now)
-        if refusal:
-            return self._refuse(session.conn, *refusal)
+        if request.username not in self.accounts:
+            return self._invalid_username(session.conn)
         return [Send((session.conn,), UserOk())]
+
+    def resume(self, conn: ConnId, now: float) -> list[Effect]:
+        """Handle the login a ``Hold`` put off, once its time has come."""
+        session = self.sessions.get(conn)
+        if session is None or session.held is None:
+            return []
+        request, session.held = session.held, None
+        return self._login(session, request, now)
 
     def _login(self, session: Session, request: Login, now: float) -> list[Effect]:
         username = request.username
-        refusal = self._refusal(username, now)
-        if refusal:
-            return self._refuse(session.conn, *refusal)
+        conn = session.conn
+        if username not in self.accounts:
+            return self._invalid_username(conn)
+        wait = self.login_throttle.wait_until(session.ip, now)
+        if wait is not None:  # its address failed too often of late: this one waits its turn
+            session.held = request
+            return [Hold(conn, wait)]
+        if self.is_blocked(username, now):  # whatever the password; and not counted
+            text = "Your account is blocked due to multiple login failures. Please try again later"
+            return [_error(conn, text, Code.BLOCKED), Close(conn)]
         # a plain password or a scrypt hash entry, compared in constant time either way
         if not passwords.verify(request.password, self.accounts[username]):
+            self.login_throttle.failed(session.ip, now)
             return self._failed_password(session, username, now)
+        if username in self.active:
+            return [_error(conn, f"{username} is already logged in", Code.ALREADY_LOGGED_IN)]
         self.failures.pop(username, None)
         timestamp = self.clock.timestamp(now)
         session.username = username
@@ -270,6 +324,9 @@ class Chat:
             return [_error(session.conn, "Error. Group name must contain only letters and digits.")]
         if group in self.groups:
             return [_error(session.conn, f"Failed to create the group chat {group}: group name exists!")]
+        quota = self._group_quota(creator)
+        if quota:
+            return [_error(session.conn, f"Failed to create the group chat {group}: {quota}.")]
         for member in invited:
             problem = self._user_problem(member, "Error. {} is not active.")
             if problem:
@@ -277,12 +334,22 @@ class Chat:
         log = logformat.group_log_name(group)
         members = [creator, *invited]
         self.groups[group] = Group(creator, members, {creator}, self._history.get(log, 0))
+        self.groups_created[creator] = self.groups_created.get(creator, 0) + 1
         return [
             Append(log, ""),
             Send((session.conn,), GroupCreated(group, members)),
             Send(tuple(self.active[m].conn for m in invited), GroupInvite(group, creator)),
             Announce(f"{creator} created group chat {group} with {' '.join(invited)}."),
         ]
+
+    def _group_quota(self, creator: str) -> str | None:
+        """Why ``creator`` may create no more groups, if so: groups live in memory and each has
+        a log file, so neither one user nor all together may make them without end."""
+        if self.groups_created.get(creator, 0) >= self.max_groups_per_user:
+            return f"you have created {self.max_groups_per_user} groups, the most one user may"
+        if len(self.groups) >= self.max_groups:
+            return f"the server holds {self.max_groups} groups, the most it may"
+        return None
 
     def _joingroup(self, session: Session, request: JoinGroup, now: float) -> list[Effect]:
         username = session.username
@@ -381,8 +448,9 @@ class Chat:
         group = self.groups.get(name) if name is not None else None
         if group is None:
             return
-        if "" in lines:  # its creation was among them
+        if "" in lines:  # its creation was among them: it never was, and counts for no quota
             del self.groups[name]
+            self.groups_created[group.creator] -= 1
         else:
             group.messages -= numbered
 

@@ -14,7 +14,9 @@ from typing import Callable, NoReturn
 from core import passwords
 from core.admission import AddressLimits
 from core.framing import DEFAULT_MAX_FRAME
+from core.login_throttle import DEFAULT_BURST, DEFAULT_RATE
 from core.messages import MAX_PASSWORD, valid_password
+from core.rules import DEFAULT_MAX_GROUPS, DEFAULT_MAX_GROUPS_PER_USER
 from shell.connections import LOGIN_FRAME
 from shell.logs import MAX_OPEN_LOGS
 
@@ -95,6 +97,15 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-waiting", type=at_least(int, 1), default=2048,
                         help="connections not yet logged in, from all addresses; one more closes the oldest of them "
                              "(default: 2048)")
+    parser.add_argument("--failed-login-burst", type=at_least(int, 1), default=DEFAULT_BURST,
+                        help=f"failed logins one address may make at once (default: {DEFAULT_BURST})")
+    parser.add_argument("--failed-login-rate", type=at_least(float, 0), default=DEFAULT_RATE,
+                        help=f"failed logins per second one address may make after that; its further logins "
+                             f"wait their turn (default: {DEFAULT_RATE:g}; 0: no limit)")
+    parser.add_argument("--max-groups-per-user", type=at_least(int, 0), default=DEFAULT_MAX_GROUPS_PER_USER,
+                        help=f"groups one user may create (default: {DEFAULT_MAX_GROUPS_PER_USER})")
+    parser.add_argument("--max-groups", type=at_least(int, 0), default=DEFAULT_MAX_GROUPS,
+                        help=f"groups the server holds at most (default: {DEFAULT_MAX_GROUPS})")
     parser.add_argument("--fsync", action="store_true",
                         help="fsync the logs every turn before acknowledging: messages survive a power cut")
     parser.add_argument("--quiet", action="store_true", help="print nothing but start-up errors")

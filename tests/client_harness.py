@@ -194,27 +194,40 @@ class FakeServer:
         self.listener.close()
 
 
+def spawn_on_pty(argv: list[str], workdir: Path, columns: int = 80, lines: int = 24) -> tuple[subprocess.Popen, int]:
+    """``argv`` in ``workdir`` on a pseudo-terminal of its own; the process and the master fd."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+    process = subprocess.Popen(
+        argv, cwd=workdir, stdin=slave, stdout=slave, stderr=slave,
+        env={**os.environ, "TERM": "xterm", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"},
+        # a session of its own with the pty as controlling terminal, so that Ctrl-C
+        # typed on it raises SIGINT in the client as it would in a real terminal
+        start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(slave)
+    return process, master
+
+
+def stop_on_pty(process: subprocess.Popen, master: int) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    os.close(master)
+
+
 class TerminalClient:
     """client.py on a pseudo-terminal of its own (80x24), as a user at a terminal runs it."""
 
     def __init__(self, port: int, workdir: Path) -> None:
-        import fcntl
-        import pty
-        import struct
-        import termios
-
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "client.py"), "127.0.0.1", str(port), "0"],
-            cwd=workdir, stdin=slave, stdout=slave, stderr=slave,
-            env={**os.environ, "TERM": "xterm", "PYTHONUNBUFFERED": "1"},
-            # a session of its own with the pty as controlling terminal, so that Ctrl-C
-            # typed on it raises SIGINT in the client as it would in a real terminal
-            start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-        )
-        os.close(slave)
+        self.process, self.master = spawn_on_pty(
+            [sys.executable, str(ROOT / "client.py"), "127.0.0.1", str(port), "0"], workdir)
         self.screen = b""  # everything written to the terminal, escape sequences included
         self.cursor = 0
 
@@ -242,7 +255,4 @@ class TerminalClient:
         return before
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        os.close(self.master)
+        stop_on_pty(self.process, self.master)

@@ -90,12 +90,12 @@ class LineReader:
 class ServerProcess:
     """The real server.py, on a port the OS picks, in its own data directory."""
 
-    def __init__(self, data_dir: Path, attempts: int = 3, *flags: str) -> None:
+    def __init__(self, data_dir: Path, attempts: int = 3, *flags: str, port: int = 0) -> None:
         self.data_dir = data_dir
         if not (data_dir / "credentials.txt").exists():
             shutil.copy(CREDENTIALS, data_dir / "credentials.txt")
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), "0", str(attempts), "--host", "127.0.0.1",
+            [sys.executable, str(ROOT / "server.py"), str(port), str(attempts), "--host", "127.0.0.1",
              "--data-dir", str(data_dir), *flags],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -18,7 +18,8 @@ import pytest
 
 from core.framing import encode as frame
 from core.messages import (
-    ActiveUser, ActiveUsers, CheckUser, Login, MsgSent, MsgTo, PrivateMessage, UserOk, Welcome, encode,
+    ActiveUser, ActiveUsers, Bye, CheckUser, Login, Logout, MsgSent, MsgTo, PrivateMessage, UserOk, Welcome,
+    encode,
 )
 from tests.client_harness import LOGIN_LINES, PROMPT, TIMESTAMP, ClientProcess, FakeServer
 from tests.harness import PASSWORDS, ROOT, ServerProcess, wait_for
@@ -97,7 +98,9 @@ def test_lockout_counts_failures_across_clients_and_ends_after_the_block(tmp_pat
         assert second.output.rest() == [
             "Password:", "Invalid Password. Your account has been blocked. Please try again later"]
         assert second.exit_code() == 1
-        third.type("Luke")  # blocked even before the password, whoever asks
+        third.type("Luke")  # nothing told before a password; then, whoever asks, blocked
+        assert third.output.until("Password:") == []
+        third.type("any")
         assert third.output.rest() == [
             "Your account is blocked due to multiple login failures. Please try again later"]
         assert third.exit_code() == 1
@@ -105,26 +108,35 @@ def test_lockout_counts_failures_across_clients_and_ends_after_the_block(tmp_pat
         assert first.output.rest() == [
             "Your account is blocked due to multiple login failures. Please try again later"]
         assert first.exit_code() == 1
-        wait_for(lambda: check_user(server, "Luke"), what="the block to end")
+        wait_for(lambda: can_log_in(server, "Luke"), what="the block to end")
         start(server).login("Luke")
     finally:
         server.stop()
 
 
-def check_user(server: ServerProcess, username: str) -> bool:
+def can_log_in(server: ServerProcess, username: str) -> bool:
+    """Log in and out at once, if the account is not blocked (a try during the block counts nothing)."""
     probe = server.connect()
     try:
-        probe.send(CheckUser(username))
-        return probe.recv() == UserOk()
+        probe.send(Login(username, PASSWORDS[username], 7000))
+        if probe.recv() != Welcome(username):
+            return False
+        probe.send(Logout())
+        return probe.recv() == Bye(username)
     finally:
         probe.close()
 
 
-def test_duplicate_login_asks_the_username_again(server: ServerProcess, start: Start) -> None:
+def test_duplicate_login_is_told_after_the_password_and_asks_the_username_again(
+        server: ServerProcess, start: Start) -> None:
     start(server).login("Yoda")
     second = start(server)
     second.type("Yoda")
     assert second.output.until("Username:") == ["Please login"]
+    assert second.output.until("Password:") == []  # who is online is not told before a password
+    second.type("wrong")
+    assert second.output.until("Password:") == ["Invalid Password. Please try again"]
+    second.type(PASSWORDS["Yoda"])
     assert second.output.until("Username:") == ["Yoda is already logged in"]
     second.login("Luke")
 
@@ -155,7 +167,7 @@ def test_msgto_errors(server: ServerProcess, start: Start) -> None:
     assert yoda.command("/msgto Ghost hi") == ["Error. User Ghost does not exist."]
     assert yoda.command("/msgto Luke hi") == ["Error. Luke is not active."]
     assert yoda.command("/msgto Luke " + "x" * 1001) == ["Error. The message is longer than 1000 characters."]
-    assert yoda.command("/msgto Luke bad\x1b[2Jtext") == ["Error. The message contains control characters."]
+    assert yoda.command("/msgto Luke bad\x1b[2Jtext") == ["Error. The message contains a control character (U+001B)."]
     assert yoda.command("/msgto 3 Luke Leia hi") == ["Error. Usage: /msgto N USER1 .. USERN MESSAGE"]
     assert server.log("messagelog.txt") == ""
 
@@ -238,7 +250,8 @@ def test_groups(server: ServerProcess, start: Start) -> None:
 def test_help_and_invalid_commands(server: ServerProcess, start: Start) -> None:
     yoda = start(server).login("Yoda")
     lines = yoda.command("/help")
-    assert len(lines) == 10 and lines[0].startswith("/msgto USERNAME MESSAGE ")
+    assert len(lines) == 12 and lines[0].startswith("/msgto USERNAME MESSAGE ")
+    assert [line.split("  ")[0] for line in yoda.command("/help groupmsg")] == ["/groupmsg GROUPNAME MESSAGE"]
     assert yoda.command("/whoami") == ["Error. Invalid command!"]
     assert yoda.command("hello there") == ["Error. Invalid command!"]
     assert yoda.command("/logout now") == ["Error. Usage: /logout"]

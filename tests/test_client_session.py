@@ -197,7 +197,7 @@ def test_local_errors_and_help_prompt_again_without_sending() -> None:
     assert session.line("/msgto Luke", 0.0) == [Print("Error. Usage: /msgto USERNAME MESSAGE"), ASK_COMMAND]
     assert session.line("", 0.0) == [ASK_COMMAND]
     effects = session.line("/help", 0.0)
-    assert effects[-1] == ASK_COMMAND and len(printed(effects)) == 10 and not sent(effects)
+    assert effects[-1] == ASK_COMMAND and len(printed(effects)) == 12 and not sent(effects)
 
 
 def test_a_command_too_long_for_one_frame_is_not_sent() -> None:

@@ -34,6 +34,10 @@ USAGE_MSGTO_N = "Error. Usage: /msgto N USER1 .. USERN MESSAGE"
     ("/logout", Logout()),
     ("/logout  ", Logout()),
     ("/help", Help()),
+    ("/help msgto", Help("/msgto")),
+    ("/help /groupmsg", Help("/groupmsg")),
+    ("/quit", Logout()),
+    ("/exit", Logout()),
 ])
 def test_commands_parse(line: str, command: commands.Command) -> None:
     assert parse(line) == command
@@ -62,7 +66,9 @@ def test_commands_parse(line: str, command: commands.Command) -> None:
     ("/p2pvideo Luke", "Error. Usage: /p2pvideo USERNAME FILENAME"),
     ("/groupvideo g1", "Error. Usage: /groupvideo GROUPNAME FILENAME"),
     ("/logout now", "Error. Usage: /logout"),
-    ("/help me", "Error. Usage: /help"),
+    ("/help me", "Error. There is no command /me. Usage: /help [COMMAND]"),
+    ("/help msgto now", "Error. Usage: /help [COMMAND]"),
+    ("/quit now", "Error. Usage: /quit"),
     # anything else
     ("hello", "Error. Invalid command!"),
     ("/MSGTO Luke hi", "Error. Invalid command!"),
@@ -71,9 +77,11 @@ def test_commands_parse(line: str, command: commands.Command) -> None:
     ("/", "Error. Invalid command!"),
     # messages that cannot be sent
     ("/msgto Luke " + "x" * (MAX_TEXT + 1), "Error. The message is longer than 1000 characters."),
-    ("/msgto Luke hi\x1b[2J", "Error. The message contains control characters."),
-    ("/msgto Luke a\u2028b", "Error. The message contains control characters."),
-    ("/groupmsg g1 tab\there", "Error. The message contains control characters."),
+    ("/msgto Luke hi\x1b[2J", "Error. The message contains a control character (U+001B)."),
+    ("/msgto Luke a\u2028b", "Error. The message contains an invisible or line-breaking character (U+2028)."),
+    ("/msgto Luke a\u00a0b", "Error. The message contains a space other than the plain space (U+00A0)."),
+    ("/msgto Luke a\u200d", "Error. The message contains an invisible or line-breaking character (U+200D)."),
+    ("/groupmsg g1 tab\there", "Error. The message contains a control character (U+0009)."),
     ("/msgto Luke \u3000", "Error. The message is empty."),
     # names that cannot be anyone's
     ("/msgto " + "L" * 65 + " hi", f"Error. User {'L' * 65} does not exist."),

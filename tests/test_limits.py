@@ -242,15 +242,19 @@ def test_accept_failure_pauses_accepting_instead_of_spinning(tmp_path: Path, mon
         server.shutdown()
 
 
-def test_group_logs_do_not_hold_a_descriptor_each(server: ServerProcess) -> None:
-    yoda, luke = login(server, "Yoda"), login(server, "Luke")
-    baseline = open_fds(server.process.pid)
+def test_group_logs_do_not_hold_a_descriptor_each(tmp_path: Path) -> None:
     groups = 2 * MAX_OPEN_LOGS
-    yoda.send(*[CreateGroup(f"g{i}", ["Luke"]) for i in range(groups)])
-    for i in range(groups):
-        assert yoda.recv() == GroupCreated(f"g{i}", ["Yoda", "Luke"])
-    assert all((server.data_dir / f"g{i}_messagelog.txt").exists() for i in range(groups))
-    assert open_fds(server.process.pid) <= baseline + MAX_OPEN_LOGS
+    server = ServerProcess(tmp_path, 3, "--max-groups-per-user", str(groups))
+    try:
+        yoda, luke = login(server, "Yoda"), login(server, "Luke")
+        baseline = open_fds(server.process.pid)
+        yoda.send(*[CreateGroup(f"g{i}", ["Luke"]) for i in range(groups)])
+        for i in range(groups):
+            assert yoda.recv() == GroupCreated(f"g{i}", ["Yoda", "Luke"])
+        assert all((server.data_dir / f"g{i}_messagelog.txt").exists() for i in range(groups))
+        assert open_fds(server.process.pid) <= baseline + MAX_OPEN_LOGS
+    finally:
+        server.stop()
 
 
 # --- fairness -----------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from core.messages import (
     TransferTarget, UserOk, Welcome,
 )
 from core.messages import Code
-from core.rules import Announce, Append, Chat, Close, Send, parse_credentials
+from core.login_throttle import LoginThrottle
+from core.rules import Announce, Append, Chat, Close, Hold, Send, parse_credentials
 
 ACCOUNTS = {"Yoda": "wise*!@#", "Hans": "solo$%()", "Leia": "=+_-org", "Luke": "x"}
 UNKNOWN = ["Vader", "yoda", "Hans2"]
@@ -109,10 +110,12 @@ def test_login_wrong_password_then_block_then_blocked_everywhere_then_unblocked(
     only_error(effects, a, BLOCKED_NOW, Code.BLOCKED)
     assert closes(effects) == [a]
     h.chat.disconnect(a, h.now)
-    # blocked: even the right password, from another client and another address
+    # blocked: even the right password, from another client and another address; but
+    # only once a password is given: the username step tells nothing
     h.now += 9.9
     b = h.connect("10.9.9.9")
-    effects = h.do(b, CheckUser("Yoda"))
+    assert to(h.do(b, CheckUser("Yoda")), b) == [UserOk()]
+    effects = h.do(b, Login("Yoda", "wrong", 1))
     only_error(effects, b, BLOCKED, Code.BLOCKED)
     assert closes(effects) == [b]
     c = h.connect()
@@ -163,20 +166,23 @@ def test_one_failure_blocks_when_the_limit_is_one() -> None:
     assert to(h.do(a, Login("Luke", "no", 1)), a) == [err(BLOCKED_NOW, Code.BLOCKED)]
     h.now += 0.49
     b = h.connect()
-    assert to(h.do(b, CheckUser("Luke")), b) == [err(BLOCKED, Code.BLOCKED)]
+    assert to(h.do(b, Login("Luke", "x", 1)), b) == [err(BLOCKED, Code.BLOCKED)]
     h.now += 0.01
     assert h.login("Luke")
 
 
-def test_already_logged_in(h: Harness) -> None:
+def test_already_logged_in_is_told_after_the_right_password_only(h: Harness) -> None:
     h.login("Yoda")
     b = h.connect()
-    for request in (CheckUser("Yoda"), Login("Yoda", ACCOUNTS["Yoda"], 1), Login("Yoda", "wrong", 1)):
-        effects = h.do(b, request)
+    assert to(h.do(b, CheckUser("Yoda")), b) == [UserOk()]
+    for _ in range(2):
+        effects = h.do(b, Login("Yoda", ACCOUNTS["Yoda"], 1))
         only_error(effects, b, "Yoda is already logged in", Code.ALREADY_LOGGED_IN)
         assert closes(effects) == []
-    # a wrong password against a logged-in name is no failure
-    assert h.chat.failures.get("Yoda", 0) == 0
+    # a wrong password tells nothing about who is online, and counts like any other
+    effects = h.do(b, Login("Yoda", "wrong", 1))
+    only_error(effects, b, INVALID_PASSWORD, Code.INVALID_PASSWORD)
+    assert h.chat.failures["Yoda"] == 1
 
 
 def test_requests_before_login_are_protocol_errors(h: Harness) -> None:
@@ -428,14 +434,26 @@ class ChatMachine(RuleBasedStateMachine):
         block=st.sampled_from([10.0, 2.5]),
         msg_history=st.integers(min_value=0, max_value=5),
         g1_history=st.integers(min_value=0, max_value=5),
+        burst=st.sampled_from([1, 2, 5]),
+        rate=st.sampled_from([1.0, 0.25, 0.0]),
+        groups_per_user=st.sampled_from([1, 2, 100]),
+        max_groups=st.sampled_from([1, 3, 10_000]),
     )
-    def start(self, max_failures: int, block: float, msg_history: int, g1_history: int) -> None:
+    def start(self, max_failures: int, block: float, msg_history: int, g1_history: int,
+              burst: int, rate: float, groups_per_user: int, max_groups: int) -> None:
         ids = iter(f"{i:032x}" for i in range(1, 10**6))
         history = {MESSAGELOG: msg_history, "g1_messagelog.txt": g1_history}
         self.chat = Chat(dict(ACCOUNTS), max_failures, block_seconds=block, history=history,
-                         new_transfer_id=lambda: next(ids))
+                         new_transfer_id=lambda: next(ids), login_throttle=LoginThrottle(burst, rate),
+                         max_groups_per_user=groups_per_user, max_groups=max_groups)
         self.max_failures = max_failures
         self.block = block
+        self.burst, self.rate = burst, rate
+        # per address, a token bucket of failed logins: (tokens, when last counted)
+        self.tokens: dict[str, tuple[float, float]] = {}
+        self.held: dict[int, tuple[float, Login]] = {}  # conn -> (until, the login put off)
+        self.groups_per_user, self.max_groups = groups_per_user, max_groups
+        self.created: dict[str, int] = {}
         self.now = T0
         self.next_conn = 1
         self.conns: dict[int, dict[str, Any]] = {}  # conn -> {"ip", "user"}
@@ -453,7 +471,8 @@ class ChatMachine(RuleBasedStateMachine):
         return sorted(c for c, s in self.conns.items() if s["user"])
 
     def anonymous(self) -> list[int]:
-        return sorted(c for c, s in self.conns.items() if not s["user"])
+        """Connections not logged in that the server reads (a held one sends nothing more)."""
+        return sorted(c for c, s in self.conns.items() if not s["user"] and c not in self.held)
 
     def name(self, who: int | str) -> str:
         if isinstance(who, str):
@@ -488,7 +507,9 @@ class ChatMachine(RuleBasedStateMachine):
         assert effects  # every request is answered
         assert not any(isinstance(e, Close) for e in effects[:-1])  # the server looks only at the last
         for e in effects:
-            assert isinstance(e, (Send, Append, Announce, Close))
+            assert isinstance(e, (Send, Append, Announce, Close, Hold))
+            if isinstance(e, Hold):
+                assert e.conn == conn and e.until > self.now and effects == [e]  # held: nothing else happened
             if isinstance(e, Close):
                 assert e.conn == conn  # a request only ever closes its own connection
             if isinstance(e, Send):
@@ -520,6 +541,7 @@ class ChatMachine(RuleBasedStateMachine):
     def drop(self, conn: int) -> None:
         """The shell closes the connection: whoever was on it is logged out."""
         user = self.conns.pop(conn)["user"]
+        self.held.pop(conn, None)
         version = self.chat.presence_version
         effects = self.chat.disconnect(conn, self.now)
         if user:
@@ -539,14 +561,21 @@ class ChatMachine(RuleBasedStateMachine):
         assert not appends(effects)
         self.drop(conn)
 
-    def refusal(self, name: str) -> tuple[str, str] | None:
-        if name not in ACCOUNTS:
-            return Code.INVALID_USERNAME, INVALID_USERNAME
-        if self.blocked(name):
-            return Code.BLOCKED, BLOCKED
-        if name in self.active:
-            return Code.ALREADY_LOGGED_IN, f"{name} is already logged in"
-        return None
+    def bucket(self, ip: str) -> float:
+        """The failed logins ``ip`` may make now."""
+        tokens, then = self.tokens.get(ip, (float(self.burst), self.now))
+        return min(float(self.burst), tokens + (self.now - then) * self.rate)
+
+    def wait_for_turn(self, ip: str) -> float | None:
+        """When a login from ``ip`` may be tried, if not now."""
+        tokens = self.bucket(ip)
+        if not self.rate or tokens >= 1 - 1e-9:
+            return None
+        return self.now + (1 - tokens) / self.rate
+
+    def count_failure(self, ip: str) -> None:
+        if self.rate:
+            self.tokens[ip] = (self.bucket(ip) - 1, self.now)
 
     def expect_refusal(self, conn: int, effects: list[Any], refusal: tuple[str, str]) -> None:
         code, text = refusal
@@ -574,7 +603,7 @@ class ChatMachine(RuleBasedStateMachine):
         self.now += dt
 
     def blocked_users(self) -> list[str]:
-        return sorted(u for u, until in self.blocked_until.items() if until > self.now)
+        return sorted(u for u, until in self.blocked_until.items() if until > self.now and u not in self.active)
 
     @precondition(lambda self: self.blocked_users())
     @rule(i=index, early=st.sampled_from([0.0, 0.0, 0.001, 1.0]), port=st.integers(min_value=0, max_value=65535))
@@ -597,10 +626,9 @@ class ChatMachine(RuleBasedStateMachine):
     def check_user(self, i: int, name: str) -> None:
         conn = pick(self.anonymous(), i)
         effects = self.run(conn, CheckUser(name))
-        refusal = self.refusal(name)
-        if refusal:
-            self.expect_refusal(conn, effects, refusal)
-        else:
+        if name not in ACCOUNTS:
+            self.expect_refusal(conn, effects, (Code.INVALID_USERNAME, INVALID_USERNAME))
+        else:  # blocked or online, the username step does not say
             assert effects == [Send((conn,), UserOk())]
 
     @rule(ip=st.sampled_from(["127.0.0.1", "10.0.0.2"]), name=st.sampled_from(list(ACCOUNTS)),
@@ -617,12 +645,36 @@ class ChatMachine(RuleBasedStateMachine):
         self.attempt(pick(self.anonymous(), i), name, ACCOUNTS.get(name, "x") if right else wrong, port)
 
     def attempt(self, conn: int, name: str, password: str, port: int) -> None:
-        effects = self.run(conn, Login(name, password, port))
-        refusal = self.refusal(name)
-        if refusal:
-            return self.expect_refusal(conn, effects, refusal)
+        request = Login(name, password, port)
+        self.expect_login(conn, request, self.run(conn, request))
+
+    @precondition(lambda self: self.held)
+    @rule(i=index)
+    def resume(self, i: int) -> None:
+        """The server hands a held login back once its time has come."""
+        conn = pick(sorted(self.held), i)
+        until, request = self.held.pop(conn)
+        self.now = max(self.now, until)  # it comes back once the hold ends
+        effects = self.chat.resume(conn, self.now)
+        self.check_effects(conn, effects)
+        self.expect_login(conn, request, effects)
+
+    def expect_login(self, conn: int, request: Login, effects: list[Any]) -> None:
+        name, password, port = request.username, request.password, request.udp_port
+        ip = self.conns[conn]["ip"]
+        if name not in ACCOUNTS:
+            return self.expect_refusal(conn, effects, (Code.INVALID_USERNAME, INVALID_USERNAME))
+        wait = self.wait_for_turn(ip)
+        if wait is not None:
+            (hold,) = effects
+            assert isinstance(hold, Hold) and hold.conn == conn and hold.until == pytest.approx(wait)
+            self.held[conn] = (hold.until, request)
+            return
+        if self.blocked(name):  # any password, counted nowhere
+            return self.expect_refusal(conn, effects, (Code.BLOCKED, BLOCKED))
+        if password == ACCOUNTS[name] and name in self.active:
+            return self.expect_refusal(conn, effects, (Code.ALREADY_LOGGED_IN, f"{name} is already logged in"))
         if password == ACCOUNTS[name]:
-            assert not self.blocked(name)
             assert to(effects, conn) == [Welcome(name)]
             assert closes(effects) == [] and not appends(effects)
             self.failures[name] = 0
@@ -631,6 +683,7 @@ class ChatMachine(RuleBasedStateMachine):
             self.login_info[name] = (conn, self.conns[conn]["ip"], port, ts(self.now))
             return
         self.failures[name] = self.failures.get(name, 0) + 1
+        self.count_failure(ip)
         assert not appends(effects)
         if self.failures[name] >= self.max_failures:
             self.failures[name] = 0
@@ -726,6 +779,11 @@ class ChatMachine(RuleBasedStateMachine):
             problem = "Error. Group name must contain only letters and digits."
         elif group in self.groups:
             problem = f"Failed to create the group chat {group}: group name exists!"
+        elif self.created.get(creator, 0) >= self.groups_per_user:
+            problem = (f"Failed to create the group chat {group}: "
+                       f"you have created {self.groups_per_user} groups, the most one user may.")
+        elif len(self.groups) >= self.max_groups:
+            problem = f"Failed to create the group chat {group}: the server holds {self.max_groups} groups, the most it may."
         else:
             for m in invited:
                 if m not in ACCOUNTS:
@@ -739,6 +797,7 @@ class ChatMachine(RuleBasedStateMachine):
             assert not appends(effects)
             return
         self.groups[group] = {"members": [creator, *invited], "joined": {creator}}
+        self.created[creator] = self.created.get(creator, 0) + 1
         assert appends(effects) == [Append(logformat.group_log_name(group), "")]
         assert to(effects, conn) == [GroupCreated(group, [creator, *invited])]
         invites = [(c, e.message) for e in effects if isinstance(e, Send) and isinstance(e.message, GroupInvite)
@@ -898,11 +957,10 @@ class ChatMachine(RuleBasedStateMachine):
         assert list(self.chat.active) == self.active
 
     @invariant()
-    def blocked_users_are_not_logged_in(self) -> None:
+    def blocked_users_are_blocked(self) -> None:
         for user in ACCOUNTS:
             assert self.chat.is_blocked(user, self.now) == self.blocked(user)
-        for user in self.active:
-            assert not self.blocked(user)
+        # a user online may be blocked by wrong passwords from elsewhere: the session stays
 
 
 TestChatMachine = ChatMachine.TestCase

@@ -63,7 +63,9 @@ def test_wrong_password_then_block_then_blocked_everywhere(server: ServerProcess
     assert client_error(third) == (
         "blocked", "Your account is blocked due to multiple login failures. Please try again later")
     fourth = server.connect()
-    fourth.send(CheckUser("Luke"))
+    fourth.send(CheckUser("Luke"))  # the username step tells nothing about the block...
+    assert fourth.recv() == UserOk()
+    fourth.send(Login("Luke", "any", 7003))  # ...a password, any password, is told it
     assert client_error(fourth)[0] == "blocked"
     # others are unaffected
     login(server, "Leia")
@@ -111,8 +113,10 @@ def test_success_resets_failure_count(tmp_path: Path) -> None:
 def test_duplicate_login_refused(server: ServerProcess) -> None:
     yoda = login(server, "Yoda")
     other = server.connect()
-    other.send(CheckUser("Yoda"))
-    assert client_error(other) == ("already_logged_in", "Yoda is already logged in")
+    other.send(CheckUser("Yoda"))  # who is online is not told at the username step...
+    assert other.recv() == UserOk()
+    other.send(Login("Yoda", "wrong", 7001))  # ...nor to a wrong password
+    assert client_error(other) == ("invalid_password", "Invalid Password. Please try again")
     other.send(Login("Yoda", PASSWORDS["Yoda"], 7001))
     assert client_error(other) == ("already_logged_in", "Yoda is already logged in")
 
