@@ -49,6 +49,7 @@ hash-password:
 
 bench:
 	$(PYTHON) -m bench $(if $(QUICK),--quick,)
+	$(PYTHON) -m bench.shaped_link $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

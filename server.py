@@ -16,17 +16,13 @@ process dying in any way, ``kill -9`` included. With ``--fsync`` the logs are al
 acknowledged message survives a power cut or an OS crash too. Either way a crash can leave
 at most a torn last line, which the next start cuts off before numbering continues. A line
 the disk refuses is taken back, and only the requests behind it get an error instead of
-their acknowledgement; a login is welcomed only once ``userlog.txt`` lists it.
-
-Nobody hurts the others. A connection over its request budget is not read until it has earned
-its next request (fakelag); one that sends to a receiver whose output is full is not read
-until that receiver has taken some of it; a receiver is dropped only when it holds more than
-``--max-output`` and has taken nothing for ``--stall-timeout``. Per-address limits keep one
-address from filling the server, and the console never blocks the loop.
+their acknowledgement; a login is welcomed only once ``userlog.txt`` lists it. When a
+connection is read (flood control, full receivers) is decided in ``shell/connections.py``.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import resource
 import selectors
@@ -37,7 +33,7 @@ import time
 import traceback
 from collections import deque
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from core import logformat, passwords
 from core.admission import AddressLimits, Admission
@@ -50,6 +46,9 @@ from shell.connections import LOGIN_FRAME, Batch, Connection, Limits, ReadContro
 from shell.server_console import Console
 from shell.logs import MAX_OPEN_LOGS, Logs  # noqa: F401 (MAX_OPEN_LOGS: part of the server's interface)
 from shell.startup import RESERVED_FDS, fail, hash_password, listen, parse_arguments, raise_file_limit  # noqa: F401
+
+if TYPE_CHECKING:
+    from shell.cluster import Node as ClusterNode
 
 # One flooding client cannot starve the rest: per turn it gets one read and at most
 # FRAMES_PER_TURN of its requests handled; until its decoder holds no whole frame it is not
@@ -70,20 +69,26 @@ WAITING_FULL = "Error. Too many connections are waiting to log in. Please try ag
 
 
 class Server(ReadControl):
-    def __init__(self, listener: socket.socket, chat: Chat, logs: Logs, limits: Limits, console: TextIO | None) -> None:
+    def __init__(self, listener: socket.socket, chat: Chat, logs: Logs, limits: Limits, console: TextIO | None,
+                 cluster: "ClusterNode | None" = None) -> None:
         super().__init__()
         self.listener = listener
+        self.selector = selectors.DefaultSelector()
+        # --- cluster seam (--redis): the node's chat and logs stand in for this process's own
+        self.cluster = cluster
+        if cluster is not None:
+            logs = cluster.attach(self.selector, logs)
+            chat = cluster.chat
         self.chat = chat
         self.logs = logs
         self.limits = limits
         self.console = Console(console)
-        self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ)
         self.connections: dict[int, Connection] = {}
         self.admission = Admission(limits.addresses)
         self.waiting = 0  # connections not logged in
         self.login_queue: deque[tuple[float, int]] = deque()  # (deadline, conn_id): connect order is deadline order
-        self.next_id = 1
+        self.next_id = 1 if cluster is None else cluster.first_conn_id  # ids unique cluster-wide
         self.now = time.time()
         self.accept_resume: float | None = None  # while accepting is paused: when to try again
         self.userlog_version = -1  # the presence written last
@@ -93,7 +98,6 @@ class Server(ReadControl):
         self._dirty: list[Connection] = []  # connections that got output this turn
         self._pressed: list[tuple[Connection, Connection]] = []  # (sender, receiver over --max-output)
         self._lines: list[str] = []  # console lines of this turn
-        self._console_watched: int | None = None  # the console's descriptor while the selector watches it
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -113,6 +117,9 @@ class Server(ReadControl):
             if conn is self.console:
                 self._write_console()
                 continue
+            if type(conn) is not Connection:  # a Redis link of the cluster seam
+                conn.handle_event(mask, now)
+                continue
             if mask & selectors.EVENT_WRITE:
                 self._write(conn)
             if mask & selectors.EVENT_READ and conn.events & selectors.EVENT_READ and conn not in self._backlog:
@@ -121,11 +128,15 @@ class Server(ReadControl):
             self._handle(conn, now, batches)
         self._expire_logins(now, batches)
         self._run_timers(now, batches)
+        if self.cluster is not None:
+            batches.append((None, self.cluster.tick(now)))  # what the shared chat decided, this node's share
         if self.accept_resume is not None and now >= self.accept_resume:
             self.accept_resume = None
             self.selector.register(self.listener, selectors.EVENT_READ)
         self._record_presence(now, batches)
         self._apply(batches, now)
+        if self.cluster is not None:
+            self.cluster.flush()  # after the turn's log lines are written
 
     def _timeout(self) -> float | None:
         if self._backlog:
@@ -139,6 +150,8 @@ class Server(ReadControl):
             deadlines.append(self.accept_resume)
         if self._held or self.chat.presence_version != self.userlog_version:
             deadlines.append(self.userlog_written + USERLOG_INTERVAL)
+        if self.cluster is not None:
+            deadlines.append(self.cluster.deadline())
         return max(0.0, min(deadlines) - time.time()) if deadlines else None
 
     # --- input ---------------------------------------------------------------------------
@@ -189,7 +202,7 @@ class Server(ReadControl):
         while self.login_queue:
             _, conn_id = self.login_queue.popleft()
             conn = self.connections.get(conn_id)
-            if conn is not None and not conn.logged_in and not conn.closing:
+            if conn is not None and not conn.closing and not self._noticed_login(conn):
                 batches.append((conn, self._reject(conn, WAITING_FULL)))
                 return
 
@@ -281,21 +294,32 @@ class Server(ReadControl):
         return replies
 
     def _logged_in(self, conn: Connection, replies: list[Effect]) -> None:
-        """A login: bigger frames from now on; its replies wait until userlog.txt lists it, and
-        so do its next requests, whose replies must come after its welcome."""
-        conn.logged_in = True
-        conn.decoder.max_frame = self.limits.max_frame
-        self.waiting -= 1
-        self.admission.logged_in(conn.ip)
+        """A login: its replies wait until userlog.txt lists it, and so do its next requests,
+        whose replies must come after its welcome."""
+        self._count_login(conn)
         self._held.append((conn, replies))
         conn.holds += 1
         self._stop_reading(conn)
+
+    def _count_login(self, conn: Connection) -> None:
+        conn.logged_in = True
+        conn.decoder.max_frame = self.limits.max_frame  # bigger frames from now on
+        self.waiting -= 1
+        self.admission.logged_in(conn.ip)
+
+    def _noticed_login(self, conn: Connection) -> bool:
+        """Whether ``conn`` is logged in; a login made outside ``_handle`` (a cluster's) is counted here."""
+        if not conn.logged_in:
+            session = self.chat.sessions.get(conn.conn_id)
+            if session is not None and session.username is not None:
+                self._count_login(conn)
+        return conn.logged_in
 
     def _expire_logins(self, now: float, batches: list[Batch]) -> None:
         queue = self.login_queue
         while queue and queue[0][0] <= now:
             conn = self.connections.get(queue.popleft()[1])
-            if conn is not None and not conn.logged_in and not conn.closing:
+            if conn is not None and not conn.closing and not self._noticed_login(conn):
                 batches.append((conn, self._reject(conn, "Error. Login timed out.")))
 
     # --- effects -------------------------------------------------------------------------
@@ -371,7 +395,7 @@ class Server(ReadControl):
                 self._write(conn)  # at once; the selector only waits for what the socket refused
                 if conn.closing and not conn.out:
                     effects += self._drop(conn, now)
-                elif not conn.logged_in and len(conn.out) > self.limits.login_output:
+                elif len(conn.out) > self.limits.login_output and not self._noticed_login(conn):
                     self._say(f"{self._name(conn)} does not read its replies ({len(conn.out)} bytes unsent "
                               "before logging in); disconnecting it")
                     effects += self._drop(conn, now)
@@ -471,15 +495,7 @@ class Server(ReadControl):
             self._write_console()
 
     def _write_console(self) -> None:
-        """Write what the console output takes now; wait for it to take more only while some is left."""
-        console = self.console
-        watch = console.fd if console.write() and console.watchable else None
-        if watch != self._console_watched:
-            if self._console_watched is not None:
-                self.selector.unregister(self._console_watched)
-            if watch is not None:
-                self.selector.register(watch, selectors.EVENT_WRITE, console)
-            self._console_watched = watch
+        self.console.write_watched(self.selector)
 
     def shutdown(self) -> None:
         for conn in list(self.connections.values()):
@@ -490,6 +506,8 @@ class Server(ReadControl):
         self.logs.write_userlog("")
         self.console.write()
         self.console.close()
+        if self.cluster is not None:
+            self.cluster.shutdown()
 
 def load_accounts(path: Path) -> dict[str, str]:
     try:
@@ -507,6 +525,22 @@ def load_accounts(path: Path) -> dict[str, str]:
     return accounts
 
 
+def join_cluster(args: argparse.Namespace, accounts: dict[str, str], history: dict[str, int],
+                 new_chat: Callable[..., Chat]) -> "ClusterNode":
+    """The cluster seam: start as a node (one bounded, blocking exchange with Redis before the loop)."""
+    try:
+        from shell import cluster  # the optional extra: hiredis
+    except ImportError:
+        fail("The cluster mode (--redis) needs hiredis: pip install '.[cluster]' (or pip install hiredis)")
+    # what every node must agree on for the rules to decide alike
+    rules = [args.attempts, args.block_seconds, args.failed_login_burst, args.failed_login_rate,
+             args.max_groups_per_user, args.max_groups]
+    try:
+        return cluster.start(args.redis, accounts, rules, history, new_chat)
+    except cluster.ClusterError as exc:
+        fail(str(exc))
+
+
 def main(argv: list[str]) -> int:
     args = parse_arguments(argv)
     if args.hash_password:
@@ -518,7 +552,7 @@ def main(argv: list[str]) -> int:
         history = logs.recover()
     except OSError as exc:
         fail(f"Cannot use the data directory {data_dir}: {exc.strerror}")
-    if not logs.write_userlog(""):
+    if not args.redis and not logs.write_userlog(""):  # a cluster's userlog.txt is its log writer's to write
         fail(f"Cannot use the data directory {data_dir}: {logs.failing[logformat.USERLOG]}")
     max_connections = raise_file_limit(args.max_connections)
     if max_connections < 1:
@@ -529,11 +563,15 @@ def main(argv: list[str]) -> int:
                     max_connections, args.stall_timeout, args.frame_timeout, args.flood_rate, args.flood_burst,
                     max_waiting=args.max_waiting,
                     addresses=AddressLimits(args.per_address, args.per_address_waiting, args.per_address_rate))
-    listener = listen(args.host, args.port)
-    chat = Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history,
-                login_throttle=LoginThrottle(args.failed_login_burst, args.failed_login_rate),
-                max_groups_per_user=args.max_groups_per_user, max_groups=args.max_groups)
-    server = Server(listener, chat, logs, limits, None if args.quiet else sys.stdout)
+
+    def new_chat(accounts: dict[str, str], history: dict[str, int], **more: Any) -> Chat:
+        return Chat(accounts, args.attempts, block_seconds=args.block_seconds, history=history,
+                    login_throttle=LoginThrottle(args.failed_login_burst, args.failed_login_rate),
+                    max_groups_per_user=args.max_groups_per_user, max_groups=args.max_groups, **more)
+
+    cluster = join_cluster(args, accounts, history, new_chat) if args.redis else None
+    listener = listen(args.host, args.port, args.reuse_port)
+    server = Server(listener, new_chat(accounts, history), logs, limits, None if args.quiet else sys.stdout, cluster)
     host, port = listener.getsockname()
     print(f"TESSENGER server listening on {host}:{port} ({len(accounts)} accounts, "
           f"{args.attempts} attempts before blocking)", flush=True)

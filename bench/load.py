@@ -218,7 +218,8 @@ class Fleet:
         c.events = 0
         c.state = "connecting"
         c.t_start = time.monotonic()
-        err = sock.connect_ex((HOST, self.port))
+        # ``port`` may map each client to its own port: the cluster bench places clients on nodes
+        err = sock.connect_ex((HOST, self.port if isinstance(self.port, int) else self.port[c.index]))
         if err not in (0, errno.EINPROGRESS):
             raise BenchError(f"connect failed for {user(c.index)}: {errno.errorcode.get(err, err)}")
         self.watch(c, WRITE)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import p2pvideo, presence
+from . import cluster, p2pvideo, presence
 from .common import CpuWindow, ServerProcess, cleanup, make_data_dir, now, percentile
 from .load import Workers, split
 
@@ -352,4 +352,5 @@ BENCHMARKS: dict[str, Callable[[Sizes, Path | None], list[dict[str, Any]]]] = {
     "presence": presence.rows,
     "group": group,
     "p2pvideo": p2pvideo_rows,
+    "cluster": cluster.cluster,
 }

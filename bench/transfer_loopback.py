@@ -218,14 +218,16 @@ def open_socket() -> socket.socket:
     return sock
 
 
-def run_sender(pipe: Connection, path: str, datagram_size: int, data_loss: float, offload: bool) -> None:
+def run_sender(pipe: Connection, path: str, datagram_size: int, data_loss: float, offload: bool,
+               congestion_control: bool = True) -> None:
     keep_freed_memory()  # as client.py does: datagrams are allocated and freed by the megabyte
     sock = open_socket()
     pipe.send(sock.getsockname())
     transfer_id, peer = pipe.recv()
     loop = TransferLoop(sock, data_loss=data_loss, offload=offload)
     size = os.path.getsize(path)
-    sender = Sender(transfer_id, size, time.monotonic(), datagram_size=datagram_size)
+    sender = Sender(transfer_id, size, time.monotonic(), datagram_size=datagram_size,
+                    congestion_control=congestion_control)
     loop.add(Transfer(sender, peer, io.FileIO(path, "rb"), Path(path)))
     pipe.send("ready")
     cpu = time.process_time()
@@ -254,12 +256,13 @@ def run_receiver(pipe: Connection, directory: str, size: int, offload: bool) -> 
 
 
 def transfer_once(source: Path, target_dir: Path, datagram_size: int, data_loss: float,
-                  offload: bool = True) -> dict[str, Any]:
+                  offload: bool = True, congestion_control: bool = True) -> dict[str, Any]:
     context = multiprocessing.get_context("fork")
     to_sender, sender_end = context.Pipe()
     to_receiver, receiver_end = context.Pipe()
     size = source.stat().st_size
-    sender = context.Process(target=run_sender, args=(sender_end, str(source), datagram_size, data_loss, offload))
+    sender = context.Process(target=run_sender,
+                             args=(sender_end, str(source), datagram_size, data_loss, offload, congestion_control))
     receiver = context.Process(target=run_receiver, args=(receiver_end, str(target_dir), size, offload))
     sender.start()
     receiver.start()

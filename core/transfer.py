@@ -12,7 +12,8 @@ their events. One loop drives every transfer of a client, in both directions:
     transfer.closed -> forget it
 
 The receiver speaks first (HELLO, repeated until data arrives). The sender keeps a window
-of chunks in flight, bounded by what the receiver's socket buffer can hold, and learns from
+of chunks in flight, bounded by what the receiver's socket buffer can hold and, below that,
+paced and bounded by a congestion controller (core/congestion.py), and learns from
 cumulative + selective ACKs what to resend (RACK, with an RFC 6298 timeout behind it). A
 FIN carries the SHA-256 of the file; the receiver answers DONE, with its own digest, only
 when the digest of what it delivered matches. Every wait is bounded, so each side ends
@@ -29,6 +30,7 @@ from enum import Enum
 from typing import Generic, Sequence, TypeVar, Union
 
 from core import transfer_wire as wire
+from core.congestion import Controller, SendState
 from core.transfer_wire import Kind, peek_transfer_id
 
 __all__ = [
@@ -240,6 +242,11 @@ class Sender(_Endpoint[SenderEvent]):
     acknowledges nothing new for ``give_up`` seconds while data or the FIN is outstanding.
     ``datagram_size`` is the whole DATA datagram (header included); use
     ``datagram_size_for(peer_ip)`` unless the user chose one. The receiver may lower it.
+
+    A congestion controller (``core.congestion``) paces the data and bounds what is in
+    flight below the receiver's window; ``want_data`` says what it lets go now and
+    ``next_deadline`` includes ``next_send_time``, when it lets more go.
+    ``congestion_control=False`` leaves only the receiver's window (for comparisons).
     """
 
     def __init__(
@@ -252,6 +259,7 @@ class Sender(_Endpoint[SenderEvent]):
         give_up: float = GIVE_UP,
         min_rto: float = MIN_RTO,
         max_rto: float = MAX_RTO,
+        congestion_control: bool = True,
     ) -> None:
         super().__init__(transfer_id, now, give_up)
         if size < 0:
@@ -278,6 +286,9 @@ class Sender(_Endpoint[SenderEvent]):
         self._batch_first: list[int] = []
         self._batch_time: list[float] = []
         self._retransmitted: dict[int, float] = {}
+        self._congestion_control = congestion_control
+        self.controller: Controller | None = None  # made when the HELLO fixes the datagram size
+        self._batch_state: list[SendState] = []  # with the controller: each batch's delivery state
         self._fin = b""  # the FIN, once every byte has been fed
         self._digest = b""  # of every byte fed, in the FIN; a DONE must echo it
         self._srtt: float | None = None
@@ -299,6 +310,8 @@ class Sender(_Endpoint[SenderEvent]):
         if self.state is not State.RUNNING:
             return 0
         room = self._una + self._window - self._next
+        if self.controller is not None and room > 0:
+            room = min(room, self._paced_room(self.controller))
         if room <= 0:
             return 0
         return min(room * self._chunk - len(self._partial), self.size - self._fed)
@@ -347,6 +360,10 @@ class Sender(_Endpoint[SenderEvent]):
         if index > first:
             self._batch_first.append(first)
             self._batch_time.append(now)
+            if self.controller is not None:
+                size = (index - first) * (chunk + _HEADER)
+                inflight = self._inflight() - size
+                self._batch_state.append(self.controller.on_send(size, inflight, now, app_limited=at_end))
             self._arm(now)
         if at_end:
             self._send_fin(now)
@@ -360,6 +377,8 @@ class Sender(_Endpoint[SenderEvent]):
             self._linger(kind, now)
         elif kind == _ACK:
             self._on_ack(datagram, now)
+            if self.controller is not None:
+                self.controller.advance(now)
         elif kind == Kind.HELLO:
             self._on_hello(datagram, now)
         elif kind == Kind.DONE:
@@ -376,10 +395,23 @@ class Sender(_Endpoint[SenderEvent]):
             return self._last_heard + self._give_up
         if self.state is not State.RUNNING:
             return self._linger_deadline()
+        paced = self.next_send_time()
         if self._rto_deadline is None:
-            return None
+            return paced
         deadline = min(self._rto_deadline, self._last_heard + self._give_up)
+        if paced is not None:
+            deadline = min(deadline, paced)
         return deadline if self._loss_deadline is None else min(deadline, self._loss_deadline)
+
+    def next_send_time(self) -> float | None:
+        """When the pacer lets the next datagram go, if only the pacer holds data back
+        (None: no controller, nothing left to feed, or a window is full)."""
+        controller = self.controller
+        if controller is None or self._fed == self.size or self.state is not State.RUNNING:
+            return None
+        if self._una + self._window <= self._next or self._inflight() + self._chunk + _HEADER > controller.cwnd:
+            return None
+        return controller.next_send_time()
 
     def on_timer(self, now: float) -> None:
         """Act on whatever deadline has passed; calling it early or twice is harmless."""
@@ -388,7 +420,11 @@ class Sender(_Endpoint[SenderEvent]):
                 self._fail(f"the receiver did not answer within {self._give_up:g} s", now, tell_peer=True)
         elif self.state is not State.RUNNING:
             self._linger_timer(now)
-        elif self._rto_deadline is not None:
+        else:
+            if self.controller is not None:
+                self.controller.advance(now)  # the pacer's tokens accrue: want_data may grow
+            if self._rto_deadline is None:
+                return  # nothing outstanding
             if now >= self._last_heard + self._give_up:
                 self._fail(f"no acknowledgement from the receiver for {self._give_up:g} s", now, tell_peer=True)
             else:
@@ -415,6 +451,9 @@ class Sender(_Endpoint[SenderEvent]):
         # The window counts chunks from the first unacknowledged one, so everything in flight
         # (and everything the receiver may have to buffer out of order) fits its socket buffer.
         self._window = max(1, min(window // footprint(datagram_size), MAX_WINDOW_CHUNKS))
+        if self._congestion_control:
+            seed = int.from_bytes(self.transfer_id[:4], "big")  # flows start their probing cycles apart
+            self.controller = Controller(datagram_size, now, ack_delay=ACK_DELAY, seed=seed)
         self.state = State.RUNNING
         self._last_heard = now
         if self.size == 0:
@@ -447,6 +486,8 @@ class Sender(_Endpoint[SenderEvent]):
             sack &= ~(self._sacked >> (cumulative - una))
         advanced = cumulative > una
         progressed = advanced or bool(sack)
+        known_before = una + self._sacked.bit_count() if self.controller is not None else 0  # chunks delivered
+        rtt = None
         # The chunk whose arrival prompted this ACK gives an RTT sample if this ACK is the
         # first news of it (a lost ACK would otherwise stretch the sample) and it was sent
         # only once (Karn's rule); with the newest chunk acknowledged, it also updates RACK.
@@ -457,10 +498,15 @@ class Sender(_Endpoint[SenderEvent]):
                 first_news = bool((sack >> (trigger - cumulative)) & 1)
             if first_news:
                 if trigger not in self._retransmitted:
-                    self._sample_rtt(now - self._first_sent(trigger))
+                    rtt = now - self._first_sent(trigger)
+                    self._sample_rtt(rtt)
                 self._delivered(trigger, now)
+        sample = None
         if progressed:
-            self._delivered(cumulative + sack.bit_length() - 1 if sack else cumulative - 1, now)
+            newest = cumulative + sack.bit_length() - 1 if sack else cumulative - 1
+            self._delivered(newest, now)
+            if self._batch_state and newest not in self._retransmitted:
+                sample = self._batch_state[bisect_right(self._batch_first, newest) - 1]
         if advanced:
             store = self._store
             for index in range(una, cumulative):
@@ -470,6 +516,7 @@ class Sender(_Endpoint[SenderEvent]):
             stale_batches = bisect_right(self._batch_first, cumulative) - 1
             if stale_batches > 0:
                 del self._batch_first[:stale_batches], self._batch_time[:stale_batches]
+                del self._batch_state[:stale_batches]
             self._sacked >>= cumulative - una
             self._una = una = cumulative
             self.bytes_acked = min(cumulative * self._chunk, self.size)
@@ -485,7 +532,18 @@ class Sender(_Endpoint[SenderEvent]):
             # RFC 6298 5.2-5.3: restart the timer when new data is acknowledged.
             outstanding = una < self._next or bool(self._fin)
             self._rto_deadline = now + self._current_rto() if outstanding else None
+        if self.controller is not None and progressed:
+            delivered = (cumulative + self._sacked.bit_count() - known_before) * (self._chunk + _HEADER)
+            self.controller.on_ack(now, delivered, sample, rtt, self._inflight())
         self._detect_losses(now)
+
+    def _inflight(self) -> int:
+        """Bytes sent and not yet acknowledged (lost ones are resent at once, so they count)."""
+        return (self._next - self._una - self._sacked.bit_count()) * (self._chunk + _HEADER)
+
+    def _paced_room(self, controller: Controller) -> int:
+        """How many more datagrams the controller lets go now: its window and its pacer."""
+        return min(controller.allowance(), controller.cwnd - self._inflight()) // (self._chunk + _HEADER)
 
     def _delivered(self, index: int, now: float) -> None:
         """Let RACK know chunk ``index`` has just been acknowledged."""
@@ -541,6 +599,8 @@ class Sender(_Endpoint[SenderEvent]):
     def _retransmit(self, index: int, now: float) -> None:
         self.resent += 1
         self._out.append(self._store[index])
+        if self.controller is not None:
+            self.controller.on_resend(len(self._store[index]), now)
         self._retransmitted[index] = now
         if index == self._una:
             self._rto_deadline = now + self._current_rto()  # guard the oldest chunk's latest copy
@@ -575,6 +635,7 @@ class Sender(_Endpoint[SenderEvent]):
         self._retransmitted.clear()
         self._batch_first.clear()
         self._batch_time.clear()
+        self._batch_state.clear()
         self._partial = b""
         self._rto_deadline = None
         self._loss_deadline = None

@@ -10,6 +10,7 @@ serving users always wins over printing. The count is printed as soon as there i
 from __future__ import annotations
 
 import os
+import selectors
 import stat
 from typing import TextIO
 
@@ -45,6 +46,7 @@ class Console:
         self.fd, self.watchable = own if own is not None else (None, False)
         self.pending = bytearray()
         self.dropped = 0
+        self._watched: int | None = None  # the descriptor while a selector watches it
 
     def say(self, lines: list[str]) -> None:
         """Queue ``lines``, or count them as dropped where the buffer has no room."""
@@ -84,6 +86,17 @@ class Console:
         del self.pending[:written]
         self._count_dropped()
         return bool(self.pending)
+
+    def write_watched(self, selector: selectors.BaseSelector) -> None:
+        """Write what the output takes now; have ``selector`` wait for it to take more (with this
+        console as the key's data) only while some is left."""
+        watch = self.fd if self.write() and self.watchable else None
+        if watch != self._watched:
+            if self._watched is not None:
+                selector.unregister(self._watched)
+            if watch is not None:
+                selector.register(watch, selectors.EVENT_WRITE, self)
+            self._watched = watch
 
     def _write_stream(self, lines: list[str]) -> None:
         try:

@@ -109,6 +109,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fsync", action="store_true",
                         help="fsync the logs every turn before acknowledging: messages survive a power cut")
     parser.add_argument("--quiet", action="store_true", help="print nothing but start-up errors")
+    parser.add_argument("--redis", metavar="URL",
+                        help="run as a node of the cluster sharing redis://HOST:PORT/DB (needs hiredis; see README)")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="listen with SO_REUSEPORT, so several nodes on one host share SERVER_PORT")
     parser.add_argument("--hash-password", action="store_true",
                         help="read a password (without echo on a terminal, else one line of stdin), "
                              "print its hashed entry for credentials.txt and exit")
@@ -166,9 +170,11 @@ def raise_file_limit(wanted: int) -> int:
     return wanted if soft == resource.RLIM_INFINITY else min(wanted, soft - RESERVED_FDS)
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # the kernel spreads new connections over every node listening on the port
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         listener.bind((host, port))
     except OSError as exc:

@@ -41,7 +41,11 @@ Hook = Callable[[bytes, random.Random, float], Union[bytes, None]]
 
 @dataclass
 class Link:
-    """One direction of the channel: loses, duplicates and delays (hence reorders)."""
+    """One direction of the channel: loses, duplicates and delays (hence reorders).
+
+    Datagrams leave one after another at ``rate``; with a ``queue`` it is a bottleneck: a
+    datagram that finds ``queue`` bytes or more waiting ahead of it is dropped.
+    """
 
     loss: float = 0.0
     dup: float = 0.0
@@ -49,9 +53,20 @@ class Link:
     jitter: float = 0.0
     rate: float = 100e6  # bytes per second: datagrams leave one after another, not all at once
     hook: Hook | None = None
+    queue: int | None = None  # bytes the queue holds; None: unbounded
     free_at: float = 0.0
+    offered: int = 0  # datagrams that reached the queue
+    overflowed: int = 0  # of those, dropped because it was full
+    max_backlog: float = 0.0  # bytes waiting, at most
 
-    def depart(self, size: int, now: float) -> float:
+    def depart(self, size: int, now: float) -> float | None:
+        """When a datagram handed over now has left, or None if the full queue drops it."""
+        self.offered += 1
+        backlog = max(0.0, self.free_at - now) * self.rate
+        if self.queue is not None and backlog + size > self.queue:
+            self.overflowed += 1
+            return None
+        self.max_backlog = max(self.max_backlog, backlog)
         self.free_at = max(now, self.free_at) + size / self.rate
         return self.free_at
 
@@ -68,6 +83,7 @@ class Outcome:
     max_held: int  # payload bytes the receiver buffered beyond a gap, at most
     last_arrival_at_sender: float
     last_arrival_at_receiver: float
+    others: list[Outcome] = field(default_factory=list)  # the competitors' outcomes
 
     def final(self, events: list[tuple[float, object]]) -> object:
         finals = [e for _, e in events if isinstance(e, (Completed, Failed))]
@@ -76,6 +92,10 @@ class Outcome:
 
     def final_time(self, events: list[tuple[float, object]]) -> float:
         return next(t for t, e in events if isinstance(e, (Completed, Failed)))
+
+    def received_between(self, start: float, end: float) -> int:
+        """Bytes the receiver delivered in order from ``start`` to ``end``."""
+        return sum(sum(map(len, e.chunks)) for t, e in self.receiver_events if start <= t < end and isinstance(e, Data))
 
     @property
     def sender_final(self) -> object:
@@ -96,48 +116,40 @@ class Simulation:
     sender_kwargs: dict[str, Any] = field(default_factory=dict)
     receiver_kwargs: dict[str, Any] = field(default_factory=dict)
     announced: int | None = None  # the size the server tells the receiver, if not the real one
+    competitors: Sequence[float] = ()  # start times of more transfers of the same file over the same links
 
     def run(self, limit: float = 10_000.0) -> Outcome:
+        """Run every transfer to its end; the first one's outcome, the others' in ``others``."""
+        flows = [_Flow(self, TID, 0.0)] + [_Flow(self, bytes([i + 1]) * 16, t) for i, t in enumerate(self.competitors)]
         rng = random.Random(self.seed)
-        sender = Sender(TID, len(self.content), 0.0, **self.sender_kwargs)
-        size = len(self.content) if self.announced is None else self.announced
-        receiver = Receiver(TID, size, 0.0, **self.receiver_kwargs)
-        in_flight: list[tuple[float, int, bool, bytes]] = []  # (arrival, order, to_sender, datagram)
+        in_flight: list[tuple[float, int, _Flow, bool, bytes]] = []  # (arrival, order, flow, to_sender, datagram)
         order = 0
-        fed = 0
-        received = bytearray()
-        sender_events: list[tuple[float, object]] = []
-        receiver_events: list[tuple[float, object]] = []
-        max_in_flight = max_held = 0
-        last_arrival = {True: 0.0, False: 0.0}  # keyed by "to the sender"
         now = 0.0
-        while not (sender.closed and receiver.closed):
-            while n := sender.want_data():
-                piece = self.content[fed : fed + min(n, self.read_size)]
-                sender.feed(piece, now)
-                fed += len(piece)
-            max_in_flight = max(max_in_flight, sender._next - sender._una)
-            max_held = max(max_held, len(receiver._held) * receiver._chunk)
-            for endpoint, link, to_sender in ((sender, self.forward, False), (receiver, self.backward, True)):
-                for datagram in endpoint.datagrams_to_send():
-                    if link.hook is not None:
-                        hooked = link.hook(datagram, rng, now)
-                        if hooked is None:
+        while not all(f.sender.closed and f.receiver.closed for f in flows):
+            candidates = []
+            for flow in flows:
+                if now < flow.start:
+                    candidates.append(flow.start)
+                    continue
+                flow.step(now)
+                for endpoint, link, to_sender in ((flow.sender, self.forward, False), (flow.receiver, self.backward, True)):
+                    for datagram in endpoint.datagrams_to_send():
+                        if link.hook is not None:
+                            hooked = link.hook(datagram, rng, now)
+                            if hooked is None:
+                                continue
+                            datagram = hooked
+                        if rng.random() < link.loss:
                             continue
-                        datagram = hooked
-                    if rng.random() < link.loss:
-                        continue
-                    departure = link.depart(len(datagram), now)
-                    for _ in range(2 if rng.random() < link.dup else 1):
-                        arrival = departure + link.delay + rng.random() * link.jitter
-                        heapq.heappush(in_flight, (arrival, order, to_sender, datagram))
-                        order += 1
-            sender_events += [(now, e) for e in sender.events()]
-            for received_event in receiver.events():
-                if isinstance(received_event, Data):
-                    received += b"".join(received_event.chunks)
-                receiver_events.append((now, received_event))
-            candidates = [d for d in (sender.next_deadline(), receiver.next_deadline()) if d is not None]
+                        departure = link.depart(len(datagram), now)
+                        if departure is None:
+                            continue
+                        for _ in range(2 if rng.random() < link.dup else 1):
+                            arrival = departure + link.delay + rng.random() * link.jitter
+                            heapq.heappush(in_flight, (arrival, order, flow, to_sender, datagram))
+                            order += 1
+                flow.collect(now)
+                candidates += [d for d in (flow.sender.next_deadline(), flow.receiver.next_deadline()) if d is not None]
             if in_flight:
                 candidates.append(in_flight[0][0])
             if not candidates:
@@ -145,15 +157,55 @@ class Simulation:
             now = max(now, min(candidates))
             assert now <= limit, "the transfer did not end in bounded time"
             if in_flight and in_flight[0][0] <= now:
-                _, _, to_sender, datagram = heapq.heappop(in_flight)
-                (sender if to_sender else receiver).receive(datagram, now)
-                last_arrival[to_sender] = now
-            for endpoint in (sender, receiver):
-                deadline = endpoint.next_deadline()
-                if deadline is not None and deadline <= now:
-                    endpoint.on_timer(now)
-        return Outcome(bytes(received), sender_events, receiver_events, sender, receiver, now, max_in_flight,
-                       max_held, last_arrival[True], last_arrival[False])
+                _, _, flow, to_sender, datagram = heapq.heappop(in_flight)
+                (flow.sender if to_sender else flow.receiver).receive(datagram, now)
+                flow.last_arrival[to_sender] = now
+            for flow in flows:
+                for endpoint in (flow.sender, flow.receiver):
+                    deadline = endpoint.next_deadline()
+                    if deadline is not None and deadline <= now and now >= flow.start:
+                        endpoint.on_timer(now)
+        first, *others = [flow.outcome(now) for flow in flows]
+        first.others = others
+        return first
+
+
+class _Flow:
+    """One transfer of a simulation: its two sides and what was seen of it."""
+
+    def __init__(self, simulation: Simulation, transfer_id: bytes, start: float) -> None:
+        self.content = simulation.content
+        self.read_size = simulation.read_size
+        self.start = start
+        self.sender = Sender(transfer_id, len(self.content), start, **simulation.sender_kwargs)
+        size = len(self.content) if simulation.announced is None else simulation.announced
+        self.receiver = Receiver(transfer_id, size, start, **simulation.receiver_kwargs)
+        self.fed = 0
+        self.received = bytearray()
+        self.sender_events: list[tuple[float, object]] = []
+        self.receiver_events: list[tuple[float, object]] = []
+        self.max_in_flight = self.max_held = 0
+        self.last_arrival = {True: 0.0, False: 0.0}  # keyed by "to the sender"
+
+    def step(self, now: float) -> None:
+        sender, receiver = self.sender, self.receiver
+        while n := sender.want_data():
+            piece = self.content[self.fed : self.fed + min(n, self.read_size)]
+            sender.feed(piece, now)
+            self.fed += len(piece)
+        self.max_in_flight = max(self.max_in_flight, sender._next - sender._una)
+        self.max_held = max(self.max_held, len(receiver._held) * receiver._chunk)
+
+    def collect(self, now: float) -> None:
+        self.sender_events += [(now, e) for e in self.sender.events()]
+        for received_event in self.receiver.events():
+            if isinstance(received_event, Data):
+                self.received += b"".join(received_event.chunks)
+            self.receiver_events.append((now, received_event))
+
+    def outcome(self, now: float) -> Outcome:
+        return Outcome(bytes(self.received), self.sender_events, self.receiver_events, self.sender, self.receiver, now,
+                       self.max_in_flight, self.max_held, self.last_arrival[True], self.last_arrival[False])
 
 
 def content_of(size: int, seed: int) -> bytes:
@@ -453,8 +505,10 @@ def test_a_failed_side_answers_the_peer_with_abort_while_lingering() -> None:
 
 
 def started(size: int, **receiver_kwargs: object) -> tuple[Sender, Receiver]:
-    """A sender and receiver past the handshake, nothing sent yet."""
-    sender = Sender(TID, size, 0.0, datagram_size=1_000)
+    """A sender and receiver past the handshake, nothing sent yet; the sender has no
+    congestion controller, so its window and timers alone decide (test_congestion.py
+    tests the controller)."""
+    sender = Sender(TID, size, 0.0, datagram_size=1_000, congestion_control=False)
     receiver = Receiver(TID, size, 0.0, **receiver_kwargs)  # type: ignore[arg-type]
     for datagram in receiver.datagrams_to_send():
         sender.receive(datagram, 0.0)

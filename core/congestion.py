@@ -1,0 +1,311 @@
+"""Congestion control with pacing for the transfer sender: a model-based controller in the
+BBR family (draft-cardwell-iccrg-bbr-congestion-control), sans I/O, time passed in.
+
+The controller keeps a model of the path -- the bottleneck bandwidth ``btlbw`` (the largest
+delivery rate measured over the last ten round trips) and the round-trip propagation time
+``min_rtt`` (the smallest RTT over the last five seconds) -- and derives from it
+
+- the **pacing rate**, ``gain * btlbw``: datagrams leave at that rate, in bursts of at most
+  ten milliseconds' worth (``allowance``/``next_send_time``), so the bottleneck's queue
+  never sees a window's worth at once;
+- the **congestion window**, a small multiple of the bandwidth-delay product: the bytes in
+  flight never exceed it (nor the receiver's window, which stays the sender's hard cap).
+
+The gain moves through BBR's states: Startup (2.89: doubles the rate each round trip until
+the bandwidth stops growing by 25% for three rounds), Drain (the inverse, until the queue
+Startup built is gone), ProbeBW (a cycle of eight phases: 1.25 to probe for more bandwidth,
+0.75 to drain what the probe queued, then six at 1.0) and ProbeRTT (every five seconds
+without a new minimum RTT, half a BDP in flight for 200 ms, so every flow's queue drains and
+the minimum is measured again).
+
+Loss alone does not slow it: random loss leaves the delivery rate as it was. A round trip
+(or as many as make 50 datagrams) that loses more than 2% of its datagrams, and at least
+four, which is what a full queue does,
+caps the data in flight at 0.7 times what was in flight then (``inflight_hi``, as in BBRv2);
+the cap grows back by a datagram each clean round trip (as TCP's window does, so flows that
+share a full queue converge), and is lifted once it is far above the BDP.
+
+Delivery-rate samples follow draft-cheng-iccrg-delivery-rate-estimation: each datagram
+carries a ``SendState`` snapshot of the connection's delivered count when it was sent, and
+when it is acknowledged the rate is the data delivered in between over the longer of the
+send and the ACK intervals.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+STARTUP_GAIN = 2 / math.log(2)  # the smallest gain that doubles the delivery rate each round
+CWND_GAIN = 1.5  # the receiver's ACK delay is in the BDP already; less leaves competing TCP more
+PROBE_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+BTLBW_ROUNDS = 10  # the bandwidth filter's window, in round trips
+MIN_RTT_LIFETIME = 5.0  # seconds; then ProbeRTT measures it again
+PROBE_RTT_TIME = 0.2
+FULL_BW_GROWTH = 1.25
+FULL_BW_ROUNDS = 3
+INITIAL_WINDOW = 10  # datagrams, as TCP (RFC 6928) and QUIC start
+MIN_WINDOW = 4  # datagrams
+PACING_BURST = 0.01  # seconds of data the pacer may release at once: what a late loop may catch up
+LOSS_THRESHOLD = 0.02  # losing more than this fraction of what was sent means a full queue...
+LOSS_MIN_DATAGRAMS = 4  # ...if at least this many were lost...
+LOSS_EPOCH_DATAGRAMS = 50  # ...out of at least this many (and a round trip): one random loss is not
+LOSS_BACKOFF = 0.7
+_NO_CAP = math.inf
+
+
+class Mode(Enum):
+    STARTUP = "startup"
+    DRAIN = "drain"
+    PROBE_BW = "probe_bw"
+    PROBE_RTT = "probe_rtt"
+
+
+@dataclass(frozen=True, slots=True)
+class SendState:
+    """The connection's delivery state when a datagram was sent (the draft's P.delivered,
+    P.delivered_time, P.first_sent_time, P.is_app_limited); ``sent`` is its send time."""
+
+    delivered: int
+    delivered_time: float
+    first_sent_time: float
+    app_limited: bool
+    sent: float
+
+
+class Controller:
+    """Pacing rate and congestion window for one sender; every size is in bytes on the wire.
+
+    The sender calls ``on_send`` for each batch of new datagrams (and keeps the returned
+    snapshot with them), ``on_resend`` for each datagram sent again after a loss,
+    ``on_ack`` for each acknowledgement that brings news, and ``advance`` whenever it learns
+    the time; it may send ``min(allowance, cwnd - inflight)`` bytes now.
+
+    ``ack_delay`` is how long the receiver may hold an ACK: the sender hears of its data one
+    ``min_rtt + ack_delay`` after sending it, so the window covers that much. ``seed``
+    chooses where in the ProbeBW cycle this flow starts, so that flows do not probe in step.
+    """
+
+    def __init__(self, datagram_size: int, now: float, *, ack_delay: float = 0.005, seed: int = 0) -> None:
+        self.datagram_size = datagram_size
+        self.mode = Mode.STARTUP
+        self.btlbw = 0.0  # bytes per second
+        self.min_rtt = math.inf
+        self.inflight_hi = _NO_CAP
+        self.pacing_rate = 0.0
+        self.cwnd = INITIAL_WINDOW * datagram_size
+        self._ack_delay = ack_delay
+        self._rng = random.Random(seed)
+        self._min_rtt_stamp = now
+        self._pacing_gain = STARTUP_GAIN
+        self._cwnd_gain = STARTUP_GAIN
+        # delivery-rate estimation: the draft's C.delivered, C.delivered_time, C.first_sent_time
+        self.delivered = 0
+        self._delivered_time = now
+        self._first_sent_time = now
+        self._app_limited_until = 0  # delivered count at which app-limited sampling ends
+        # round trips: a round ends when a datagram sent after the last one ended is acknowledged
+        self._round = 0
+        self._round_end_delivered = 0
+        self._round_lost = 0  # bytes found lost since the round started
+        self._epoch_lost = 0  # ...and since the loss verdict was last given
+        self._epoch_delivered_at_start = 0
+        self._bw_samples: deque[tuple[int, float]] = deque()  # (round, rate), decreasing rates
+        self._full_bw = 0.0
+        self._full_bw_rounds = 0
+        self._filled_pipe = False
+        self._cycle_index = 0
+        self._cycle_stamp = now
+        self._probe_rtt_done: float | None = None
+        self._probe_rtt_round = 0
+        # the pacer: a token bucket of bytes, filled at the pacing rate up to one burst
+        self._tokens = float(self.cwnd)  # the initial window may go at once
+        self._tokens_at = now
+        self._set_pacing_rate(self.cwnd / 0.001)
+
+    # -- the pacer -------------------------------------------------------------------------
+
+    def advance(self, now: float) -> None:
+        """Let the pacer's tokens accrue up to ``now``."""
+        if now > self._tokens_at:
+            self._tokens = min(self._burst(), self._tokens + (now - self._tokens_at) * self.pacing_rate)
+            self._tokens_at = now
+
+    def _burst(self) -> float:
+        return max(2 * self.datagram_size, self.pacing_rate * PACING_BURST)
+
+    def allowance(self) -> int:
+        """Bytes the pacer lets go now (as of the last ``advance``)."""
+        return max(0, int(self._tokens))
+
+    def next_send_time(self) -> float:
+        """When the pacer next lets a whole datagram go."""
+        missing = self.datagram_size - self._tokens
+        # a microsecond more, so the tokens then are a whole datagram despite rounding
+        return self._tokens_at if missing <= 0 else self._tokens_at + missing / self.pacing_rate + 1e-6
+
+    # -- events ----------------------------------------------------------------------------
+
+    def on_send(self, size: int, inflight: int, now: float, *, app_limited: bool) -> SendState:
+        """``size`` bytes of new data leave now with ``inflight`` bytes already out;
+        ``app_limited``: the sender has nothing more to send after them."""
+        self.advance(now)
+        self._tokens -= size
+        if inflight == 0:
+            self._first_sent_time = self._delivered_time = now
+        if app_limited:
+            self._app_limited_until = max(self.delivered + inflight + size, 1)
+        return SendState(self.delivered, self._delivered_time, self._first_sent_time,
+                         self._app_limited_until > 0, now)
+
+    def on_resend(self, size: int, now: float) -> None:
+        """A datagram was found lost and is sent again now."""
+        self.advance(now)
+        self._tokens -= size
+        self._round_lost += size
+        self._epoch_lost += size
+
+    def on_ack(self, now: float, delivered: int, sample: SendState | None, rtt: float | None, inflight: int) -> None:
+        """An ACK reports ``delivered`` more bytes; ``sample``: the snapshot of the most
+        recently sent datagram among them (None if it had been resent); ``rtt``: a clean RTT
+        sample, if any; ``inflight``: bytes still out after it."""
+        self.advance(now)
+        self.delivered += delivered
+        self._delivered_time = now
+        if self._app_limited_until and self.delivered > self._app_limited_until:
+            self._app_limited_until = 0
+        expired = now - self._min_rtt_stamp > MIN_RTT_LIFETIME
+        if rtt is not None and (rtt <= self.min_rtt or (expired and self.mode is not Mode.PROBE_RTT)):
+            self.min_rtt = rtt  # a new minimum, or a fresh start once the old one is too old
+            self._min_rtt_stamp = now
+        if sample is not None:
+            self._first_sent_time = sample.sent
+            if sample.delivered >= self._round_end_delivered:
+                self._end_round(inflight)
+            self._update_btlbw(sample, now)
+        self._update_mode(now, inflight, expired)
+        self._set_pacing_rate(self._pacing_gain * self.btlbw)
+        self._set_cwnd()
+
+    # -- the model -------------------------------------------------------------------------
+
+    def bdp(self) -> float:
+        """The bandwidth-delay product, with the receiver's ACK delay in the delay."""
+        if not self.btlbw or math.isinf(self.min_rtt):
+            return INITIAL_WINDOW * self.datagram_size
+        return self.btlbw * (self.min_rtt + self._ack_delay)
+
+    def _update_btlbw(self, sample: SendState, now: float) -> None:
+        """One delivery-rate sample into the windowed maximum (a monotonic deque)."""
+        interval = max(sample.sent - sample.first_sent_time, now - sample.delivered_time)
+        if interval <= 0 or interval < self.min_rtt:
+            return  # too short to measure a rate (the draft discards these)
+        rate = (self.delivered - sample.delivered) / interval
+        if sample.app_limited and rate < self.btlbw:
+            return  # an idle sender measures itself, not the path
+        samples = self._bw_samples
+        while samples and samples[-1][1] <= rate:
+            samples.pop()
+        samples.append((self._round, rate))
+        while samples[0][0] <= self._round - BTLBW_ROUNDS:
+            samples.popleft()
+        self.btlbw = samples[0][1]
+
+    def _end_round(self, inflight: int) -> None:
+        """Once per round trip: the loss verdict and Startup's check for a full pipe."""
+        delivered = self.delivered - self._epoch_delivered_at_start
+        lost = self._epoch_lost
+        size = self.datagram_size
+        if delivered + lost >= LOSS_EPOCH_DATAGRAMS * size:
+            if lost >= LOSS_MIN_DATAGRAMS * size and lost > LOSS_THRESHOLD * (delivered + lost):
+                self.inflight_hi = max(MIN_WINDOW * size, LOSS_BACKOFF * min(self.inflight_hi, inflight + lost))
+                self._filled_pipe = True  # a queue overflowed: Startup has found the limit
+            self._epoch_delivered_at_start = self.delivered
+            self._epoch_lost = 0
+        if not self._round_lost and not math.isinf(self.inflight_hi):
+            self.inflight_hi += size  # additive, as TCP grows: flows sharing the queue converge
+            if self.inflight_hi > 4 * max(self.bdp(), self.cwnd):
+                self.inflight_hi = _NO_CAP
+        if not self._filled_pipe and not self._app_limited_until:
+            if self.btlbw >= self._full_bw * FULL_BW_GROWTH:
+                self._full_bw = self.btlbw
+                self._full_bw_rounds = 0
+            else:
+                self._full_bw_rounds += 1
+                self._filled_pipe = self._full_bw_rounds >= FULL_BW_ROUNDS
+        self._round += 1
+        self._round_end_delivered = self.delivered
+        self._round_lost = 0
+
+    def _update_mode(self, now: float, inflight: int, min_rtt_expired: bool) -> None:
+        if self.mode is Mode.STARTUP and self._filled_pipe:
+            self._enter(Mode.DRAIN, now)
+        if self.mode is Mode.DRAIN and inflight <= self.bdp():
+            self._enter(Mode.PROBE_BW, now)
+        if self.mode is Mode.PROBE_BW:
+            self._advance_cycle(now, inflight)
+        if min_rtt_expired and self.mode is not Mode.PROBE_RTT:
+            self._enter(Mode.PROBE_RTT, now)
+        if self.mode is Mode.PROBE_RTT:
+            self._probe_rtt(now, inflight)
+
+    def _enter(self, mode: Mode, now: float) -> None:
+        self.mode = mode
+        if mode is Mode.STARTUP:
+            self._pacing_gain = self._cwnd_gain = STARTUP_GAIN
+        elif mode is Mode.DRAIN:
+            self._pacing_gain, self._cwnd_gain = 1 / STARTUP_GAIN, STARTUP_GAIN
+        elif mode is Mode.PROBE_BW:
+            # any phase but the draining one, chosen at random so flows do not probe in step
+            self._cycle_index = self._rng.choice([i for i in range(len(PROBE_GAINS)) if i != 1])
+            self._cycle_stamp = now
+            self._pacing_gain, self._cwnd_gain = PROBE_GAINS[self._cycle_index], CWND_GAIN
+        else:
+            self._pacing_gain, self._cwnd_gain = 1.0, CWND_GAIN
+            self._probe_rtt_done = None
+
+    def _advance_cycle(self, now: float, inflight: int) -> None:
+        """ProbeBW: each phase lasts one round-trip time; probing up also ends once the
+        queue it builds shows (losses), draining down once the queue is gone."""
+        gain = self._pacing_gain
+        elapsed = now - self._cycle_stamp > self.min_rtt + self._ack_delay
+        bdp = self.bdp()
+        if gain > 1:
+            done = elapsed and (inflight >= gain * bdp or self._round_lost > 0)
+        elif gain < 1:
+            done = elapsed or inflight <= bdp
+        else:
+            done = elapsed
+        if done:
+            self._cycle_index = (self._cycle_index + 1) % len(PROBE_GAINS)
+            self._cycle_stamp = now
+            self._pacing_gain = PROBE_GAINS[self._cycle_index]
+
+    def _probe_rtt(self, now: float, inflight: int) -> None:
+        """Hold half a BDP in flight for PROBE_RTT_TIME and at least one round trip."""
+        if self._probe_rtt_done is None:
+            if inflight <= self._probe_rtt_cwnd():
+                self._probe_rtt_done = now + PROBE_RTT_TIME
+                self._probe_rtt_round = self._round
+        elif now >= self._probe_rtt_done and self._round > self._probe_rtt_round:
+            self._min_rtt_stamp = now
+            self._enter(Mode.PROBE_BW if self._filled_pipe else Mode.STARTUP, now)
+
+    def _probe_rtt_cwnd(self) -> float:
+        return max(MIN_WINDOW * self.datagram_size, self.bdp() / 2)
+
+    def _set_pacing_rate(self, rate: float) -> None:
+        # Startup never lowers the rate (the first samples may be small); the floor keeps
+        # the pacer from stalling on a model with no samples yet.
+        if rate > 0 and (self._filled_pipe or rate > self.pacing_rate):
+            self.pacing_rate = max(rate, self.datagram_size / 0.1)
+
+    def _set_cwnd(self) -> None:
+        if self.mode is Mode.PROBE_RTT:
+            cwnd = self._probe_rtt_cwnd()
+        else:
+            cwnd = self._cwnd_gain * self.bdp()
+        self.cwnd = int(max(MIN_WINDOW * self.datagram_size, min(cwnd, self.inflight_hi)))
