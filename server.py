@@ -93,6 +93,7 @@ class Server(ReadControl):
         self.accept_resume: float | None = None  # while accepting is paused: when to try again
         self.userlog_version = -1  # the presence written last
         self.userlog_written = -math.inf  # when
+        self.userlog_interval = USERLOG_INTERVAL if cluster is None else 0.0  # a cluster's writer keeps its pace
         self._held: list[Batch] = []  # logins waiting for userlog.txt to list them
         self._backlog: dict[Connection, None] = {}  # read, and maybe holding whole frames not yet handled
         self._dirty: list[Connection] = []  # connections that got output this turn
@@ -149,7 +150,7 @@ class Server(ReadControl):
         if self.accept_resume is not None:
             deadlines.append(self.accept_resume)
         if self._held or self.chat.presence_version != self.userlog_version:
-            deadlines.append(self.userlog_written + USERLOG_INTERVAL)
+            deadlines.append(self.userlog_written + self.userlog_interval)
         if self.cluster is not None:
             deadlines.append(self.cluster.deadline())
         return max(0.0, min(deadlines) - time.time()) if deadlines else None
@@ -462,7 +463,7 @@ class Server(ReadControl):
         the logins it now lists, or refuse them when it cannot be written."""
         if not self._held and self.chat.presence_version == self.userlog_version:
             return
-        if now < self.userlog_written + USERLOG_INTERVAL:
+        if now < self.userlog_written + self.userlog_interval:
             return
         version = self.chat.presence_version
         held, self._held = self._held, []
