@@ -10,14 +10,32 @@ DIR ?= received/{username}
 SERVER_FLAGS ?=
 CLIENT_FLAGS ?=
 PYTEST_FLAGS ?=
+# TLS=0 runs the server and the client in plain TCP (unencrypted); the certificate is made
+# on first use, self-signed, in TLS_DIR (git-ignored)
+TLS ?= 1
+TLS_DIR ?= tls
+TLS_CERT = $(TLS_DIR)/cert.pem
+TLS_KEY = $(TLS_DIR)/key.pem
+TLS_ON = $(filter 1,$(TLS))
 
 .PHONY: run-server run-client test bench hash-password clean system-tools
 
-run-server:
-	$(PYTHON) server.py $(PORT) $(ATTEMPTS) $(SERVER_FLAGS)
+run-server: $(if $(TLS_ON),$(TLS_CERT))
+	$(PYTHON) server.py $(PORT) $(ATTEMPTS) $(if $(TLS_ON),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY)) $(SERVER_FLAGS)
 
+# the client trusts the server's certificate on first use (CLIENT_FLAGS="--tls-ca tls/cert.pem"
+# verifies it against the file instead)
 run-client:
-	$(PYTHON) client.py $(SERVER_IP) $(PORT) $(UDP_PORT) --receive-dir '$(DIR)' $(CLIENT_FLAGS)
+	$(PYTHON) client.py $(SERVER_IP) $(PORT) $(UDP_PORT) --receive-dir '$(DIR)' $(if $(TLS_ON),--tls) $(CLIENT_FLAGS)
+
+# A self-signed certificate for localhost and 127.0.0.1 (an EC key: the cheapest handshake)
+$(TLS_CERT):
+	@mkdir -p $(TLS_DIR)
+	@umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
+	  -subj "/CN=TESSENGER server" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	  -keyout $(TLS_KEY) -out $(TLS_CERT) 2>/dev/null \
+	  || { echo "Cannot make a TLS certificate (is the openssl command installed?); TLS=0 runs without TLS"; exit 1; }
+	@echo "Made a self-signed TLS certificate: $(TLS_CERT) (key: $(TLS_KEY))"
 
 # The test tools live in a virtual environment made on first use; it is remade when the
 # pinned requirements change.

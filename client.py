@@ -2,12 +2,14 @@
 
     python3 client.py SERVER_IP SERVER_PORT CLIENT_UDP_PORT [--receive-dir DIR]
         [--datagram-size BYTES] [--max-receive-size SIZE] [--simulate-loss FRACTION]
+        [--tls] [--tls-ca FILE] [--known-servers FILE]
 
 Every decision is made by ``core.client_session.ClientSession`` (the chat) and
 ``core.transfers.TransferEngine`` (files peer to peer over UDP); this file moves bytes,
 lines and file contents (``DiskStorage``). No threads, no sleeps, and only one blocking
 read: the password, typed while logging in, when nothing else can happen yet. Timers are
-the select timeout (the nearest deadline).
+the select timeout (the nearest deadline). Before the loop starts, connecting and (with
+``--tls``) the TLS handshake block, each within CONNECT_TIMEOUT.
 
 The terminal side (line editing, prompts, the progress line) is ``shell.console``.
 """
@@ -28,7 +30,7 @@ import sys
 import time
 from collections import deque
 from types import FrameType
-from typing import NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from core.client_session import (
     Address, Ask, ClientSession, Connect, Datagrams, Download, Effect, Exit, Print, Prompt, Send,
@@ -42,8 +44,10 @@ from core.transfer import MIN_DATAGRAM_SIZE
 from core.transfer_wire import MAX_DATAGRAM as MAX_UDP_PAYLOAD
 from core.transfers import DEFAULT_MAX_RECEIVE_SIZE, TransferEngine
 from core.udp_batching import NO_GSO, READ_SIZE, SOL_UDP, UDP_GRO, UDP_SEGMENT, gro_segment_size, gso_run_end
+from shell import tls
 from shell.console import Console, Line, ReadlineConsole, open_console, take_terminal
 from shell.receive_dir import USERNAME, ReceiveDirectory
+from shell.tls import TLSTransport
 
 CONNECT_TIMEOUT = 10.0
 READ_CHUNK = 64 * 1024
@@ -60,19 +64,21 @@ class Client:
     def __init__(
         self,
         console: Console,
-        server: socket.socket,
+        server: socket.socket | TLSTransport,
         udp: socket.socket,
         session: ClientSession,
         transfers: Transfers,
         *,
         names: Names | None = None,
         simulate_loss: float = 0.0,
+        secure: Callable[[socket.socket], TLSTransport] | None = None,
     ) -> None:
         self.console = console
         self.names = names or Names()  # heard from the server, for Tab completion
         self.server: socket.socket | None = server  # None while reconnecting
         self._server_address = server.getpeername()  # where to reconnect, resolved once
         self._server_family = server.family
+        self._secure = secure  # TLS: how a reconnection is secured before logging in again
         self.udp = udp
         self.session = session
         self.transfers = transfers
@@ -257,6 +263,29 @@ class Client:
             self._apply(self.session.connect_failed(now), now)
             return
         self.server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._secure is not None:
+            self.server = self._secure(self.server)
+            self._on_handshake(0)
+            return
+        self.selector.modify(self.server, selectors.EVENT_READ, self._on_server)
+        self._apply(self.session.connected(now), now)
+
+    def _on_handshake(self, mask: int) -> None:
+        """A reconnection's TLS handshake, a step per readiness; the login waits for its end."""
+        now = time.monotonic()
+        try:
+            events = self.server.handshake()
+        except tls.TLSSetupError as exc:  # not the server trusted before: stop, as SSH does
+            self._drop_server()
+            self._apply([Print(str(exc)), Exit(1)], now)
+            return
+        except OSError:
+            self._drop_server()
+            self._apply(self.session.connect_failed(now), now)
+            return
+        if events:
+            self.selector.modify(self.server, events, self._on_handshake)
+            return
         self.selector.modify(self.server, selectors.EVENT_READ, self._on_server)
         self._apply(self.session.connected(now), now)
 
@@ -597,6 +626,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                              "client exits, as scripts expect)")
     parser.add_argument("--simulate-loss", metavar="FRACTION", type=float, default=0.0,
                         help="testing: drop this fraction (0-1) of the UDP datagrams this client sends")
+    tls.add_client_arguments(parser)
     args = parser.parse_args(argv)
     args.server_port = _port(args.server_port, "server port", 1)
     args.udp_port = _port(args.udp_port, "UDP port", 0)
@@ -665,6 +695,21 @@ def connect(host: str, port: int) -> socket.socket:
     return server
 
 
+def secure(server: socket.socket, args: argparse.Namespace) -> tuple[TLSTransport, Callable[[socket.socket], TLSTransport]]:
+    """The TLS handshake and the trust check, blocking (within CONNECT_TIMEOUT) before the
+    loop starts: nothing else can happen yet, and no byte of the chat may leave before it.
+    Also how the loop secures a reconnection, without blocking, to the same certificate."""
+    known_servers = args.known_servers or tls.default_known_servers()
+    try:
+        transport, notice = tls.connect(server, args.server_ip, args.server_port, args.tls_ca, known_servers)
+    except tls.TLSSetupError as exc:
+        fail(str(exc))
+    if notice:
+        print(notice, flush=True)
+    again = tls.reconnector(args.server_ip, args.server_port, args.tls_ca, known_servers, transport.peer_fingerprint())
+    return transport, again
+
+
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter
 KEEP_FREED_MEMORY = 32 * 1024 * 1024
 
@@ -691,6 +736,9 @@ def main(argv: list[str]) -> int:
     sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets "?"
     udp = bind_udp(args.udp_port)
     server = connect(args.server_ip, args.server_port)
+    again = None
+    if args.tls or args.tls_ca:
+        server, again = secure(server, args)
     reconnect = sys.stdin.isatty() if args.reconnect is None else args.reconnect
     session = ClientSession(udp.getsockname()[1], file_size=regular_file_size, reconnect=reconnect)
     names = Names()
@@ -703,7 +751,8 @@ def main(argv: list[str]) -> int:
         receive_window=granted * 3 // 4, datagram_size=args.datagram_size,
         max_receive_size=args.max_receive_size, show_progress=isinstance(console, ReadlineConsole),
     )
-    client = Client(console, server, udp, session, transfers, names=names, simulate_loss=args.simulate_loss)
+    client = Client(console, server, udp, session, transfers, names=names, simulate_loss=args.simulate_loss,
+                    secure=again)
     give_back_terminal = take_terminal()
     try:
         return client.run()

@@ -22,18 +22,18 @@ connection is read (flood control, full receivers) is decided in ``shell/connect
 
 from __future__ import annotations
 
-import argparse
 import math
 import resource
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import time
 import traceback
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from core import logformat, passwords
 from core.admission import AddressLimits, Admission
@@ -45,7 +45,11 @@ from core.rules import Announce, Append, Chat, Close, Effect, Hold, Send, parse_
 from shell.connections import LOGIN_FRAME, Batch, Connection, Limits, ReadControl
 from shell.server_console import Console
 from shell.logs import MAX_OPEN_LOGS, Logs  # noqa: F401 (MAX_OPEN_LOGS: part of the server's interface)
-from shell.startup import RESERVED_FDS, fail, hash_password, listen, parse_arguments, raise_file_limit  # noqa: F401
+from shell import tls
+from shell.startup import (  # noqa: F401 (RESERVED_FDS: part of the server's interface)
+    RESERVED_FDS, fail, hash_password, join_cluster, listen, parse_arguments, raise_file_limit,
+)
+from shell.tls import TLSTransport
 
 if TYPE_CHECKING:
     from shell.cluster import Node as ClusterNode
@@ -66,13 +70,15 @@ STORAGE_ERROR = "Error. The server cannot store messages right now."
 LOGIN_STORAGE_ERROR = "Error. The server cannot record logins right now. Please try again later."
 FULL = "Error. The server is full. Please try again later."
 WAITING_FULL = "Error. Too many connections are waiting to log in. Please try again."
+TLS_ONLY = frame(encode(Error(Code.PROTOCOL, "Error. This server accepts TLS connections only: connect with --tls.")))
 
 
 class Server(ReadControl):
     def __init__(self, listener: socket.socket, chat: Chat, logs: Logs, limits: Limits, console: TextIO | None,
-                 cluster: "ClusterNode | None" = None) -> None:
+                 cluster: "ClusterNode | None" = None, tls_context: ssl.SSLContext | None = None) -> None:
         super().__init__()
         self.listener = listener
+        self.tls_context = tls_context  # None: plain TCP
         self.selector = selectors.DefaultSelector()
         # --- cluster seam (--redis): the node's chat and logs stand in for this process's own
         self.cluster = cluster
@@ -120,6 +126,9 @@ class Server(ReadControl):
                 continue
             if type(conn) is not Connection:  # a Redis link of the cluster seam
                 conn.handle_event(mask, now)
+                continue
+            if conn.handshaking:
+                batches.append((conn, self._handshake(conn, now)))
                 continue
             if mask & selectors.EVENT_WRITE:
                 self._write(conn)
@@ -184,12 +193,14 @@ class Server(ReadControl):
             limits = self.limits
             bucket = TokenBucket(limits.flood_rate, limits.flood_burst, now) if limits.flood_rate else None
             conn = Connection(sock, self.next_id, ip, FrameDecoder(limits.login_frame), bucket, now)
+            if self.tls_context is not None:  # the login timeout bounds the handshake too
+                conn.sock, conn.handshaking = TLSTransport(sock, accept=self.tls_context, refusal=TLS_ONLY), True
             self.next_id += 1
             self.connections[conn.conn_id] = conn
             self.waiting += 1
             self.login_queue.append((now + limits.login_timeout, conn.conn_id))
             self.chat.connect(conn.conn_id, ip)
-            self.selector.register(sock, selectors.EVENT_READ, conn)
+            self.selector.register(conn.sock, selectors.EVENT_READ, conn)
 
     def _turn_away(self, sock: socket.socket, text: str) -> None:
         try:
@@ -526,22 +537,6 @@ def load_accounts(path: Path) -> dict[str, str]:
     return accounts
 
 
-def join_cluster(args: argparse.Namespace, accounts: dict[str, str], history: dict[str, int],
-                 new_chat: Callable[..., Chat]) -> "ClusterNode":
-    """The cluster seam: start as a node (one bounded, blocking exchange with Redis before the loop)."""
-    try:
-        from shell import cluster  # the optional extra: hiredis
-    except ImportError:
-        fail("The cluster mode (--redis) needs hiredis: pip install '.[cluster]' (or pip install hiredis)")
-    # what every node must agree on for the rules to decide alike
-    rules = [args.attempts, args.block_seconds, args.failed_login_burst, args.failed_login_rate,
-             args.max_groups_per_user, args.max_groups]
-    try:
-        return cluster.start(args.redis, accounts, rules, history, new_chat)
-    except cluster.ClusterError as exc:
-        fail(str(exc))
-
-
 def main(argv: list[str]) -> int:
     args = parse_arguments(argv)
     if args.hash_password:
@@ -570,12 +565,19 @@ def main(argv: list[str]) -> int:
                     login_throttle=LoginThrottle(args.failed_login_burst, args.failed_login_rate),
                     max_groups_per_user=args.max_groups_per_user, max_groups=args.max_groups, **more)
 
+    try:
+        context, fingerprint = tls.server_context(args.tls_cert, args.tls_key) if args.tls_cert else (None, "")
+    except tls.TLSSetupError as exc:
+        fail(str(exc))
     cluster = join_cluster(args, accounts, history, new_chat) if args.redis else None
     listener = listen(args.host, args.port, args.reuse_port)
-    server = Server(listener, new_chat(accounts, history), logs, limits, None if args.quiet else sys.stdout, cluster)
+    server = Server(listener, new_chat(accounts, history), logs, limits, None if args.quiet else sys.stdout, cluster,
+                    context)
     host, port = listener.getsockname()
     print(f"TESSENGER server listening on {host}:{port} ({len(accounts)} accounts, "
           f"{args.attempts} attempts before blocking)", flush=True)
+    print(f"TLS only; certificate SHA-256 fingerprint {fingerprint}" if context else
+          "Not encrypted: passwords and messages cross the network in clear (use --tls-cert/--tls-key)", flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # same clean stop as Ctrl-C
     status = 0
     try:

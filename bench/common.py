@@ -53,6 +53,15 @@ def make_data_dir(users: int, prefix: str = "tessenger-bench-", hashed: bool = F
     return directory
 
 
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1, made as the Makefile makes one."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=bench", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
 # --- wire ------------------------------------------------------------------------------
 
 def frame(obj: dict) -> bytes:

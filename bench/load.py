@@ -23,6 +23,8 @@ import time
 import traceback
 from typing import Any
 
+from shell import tls
+
 from .common import HEADER, HOST, LOGOUT, check_user_frame, frame, login_frame, msgto_frame, raise_nofile, split_frames, user
 
 READ = selectors.EVENT_READ
@@ -79,8 +81,9 @@ class Client:
 class Fleet:
     """A worker's clients and its selector."""
 
-    def __init__(self, port: int, indices: list[int]) -> None:
+    def __init__(self, port: int, indices: list[int], tls_ca: str | None = None) -> None:
         self.port = port
+        self.tls = tls.client_context(tls_ca) if tls_ca else None  # None: plain TCP
         self.selector = selectors.DefaultSelector()
         self.clients = [Client(i) for i in indices]
         self.by_index = {c.index: c for c in self.clients}
@@ -128,7 +131,10 @@ class Fleet:
 
     def receive(self, c: Client) -> tuple[int, list[dict]]:
         """One read: its arrival time (taken before any parsing) and the messages it completed."""
-        data = c.sock.recv(RECV)
+        try:
+            data = c.sock.recv(RECV)
+        except BlockingIOError:  # TLS: readable, but no whole record yet
+            return time.monotonic_ns(), []
         arrived = time.monotonic_ns()
         if not data:
             raise BenchError(f"server closed {user(c.index)} (state {c.state})")
@@ -211,6 +217,9 @@ class Fleet:
                         raise BenchError(f"{user(c.index)} in state {c.state} got {message}")
 
     def _start_connect(self, c: Client, check_user: bool) -> None:
+        if self.tls is not None:
+            self._connect_tls(c, check_user)
+            return
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -224,6 +233,19 @@ class Fleet:
             raise BenchError(f"connect failed for {user(c.index)}: {errno.errorcode.get(err, err)}")
         self.watch(c, WRITE)
 
+    def _connect_tls(self, c: Client, check_user: bool) -> None:
+        """Connect and do the handshake blocking, as client.py does (set-up is not measured),
+        then go on as a connected plain client."""
+        c.t_start = time.monotonic()
+        sock = socket.create_connection((HOST, self.port), timeout=30.0)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.sock = tls.TLSTransport(self.tls.wrap_socket(sock, server_hostname=HOST))
+        c.sock.setblocking(False)
+        c.events = 0
+        c.state = "check" if check_user else "login"
+        self.watch(c, READ)
+        self.send(c, check_user_frame(c.index) if check_user else login_frame(c.index))
+
     def close_all(self) -> None:
         for c in self.clients:
             if c.sock is not None:
@@ -232,7 +254,7 @@ class Fleet:
                     c.events = 0
                 try:
                     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
-                except OSError:
+                except (OSError, AttributeError):  # AttributeError: a TLS transport, closed as it is
                     pass
                 c.sock.close()
                 c.sock = None
@@ -263,7 +285,7 @@ class Worker:
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params
         raise_nofile(len(params["indices"]) + 256)
-        self.fleet = Fleet(params["port"], params["indices"])
+        self.fleet = Fleet(params["port"], params["indices"], params.get("tls_ca"))
 
     # set-up -----------------------------------------------------------------------------
 
@@ -305,7 +327,10 @@ class Worker:
             for key, mask in select(0.05):
                 c = key.data
                 if mask & READ:
-                    data = c.sock.recv(RECV)
+                    try:
+                        data = c.sock.recv(RECV)
+                    except BlockingIOError:  # TLS: readable, but no whole record yet
+                        continue
                     if not data:
                         raise BenchError(f"server closed {user(c.index)}")
                     n = c.count_frames(data)

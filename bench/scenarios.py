@@ -3,6 +3,7 @@ processes, and returns one or more result rows (plain dicts, printed and written
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import cluster, p2pvideo, presence
-from .common import CpuWindow, ServerProcess, cleanup, make_data_dir, now, percentile
+from .common import CpuWindow, ServerProcess, cleanup, make_certificate, make_data_dir, now, percentile
 from .load import Workers, split
 
 
@@ -85,12 +86,14 @@ def _others(*runs: dict[str, Any]) -> str:
 
 # --- relay --------------------------------------------------------------------------------
 
-def _relay_once(kind: str, sizes: Sizes, profile: Path | None) -> dict[str, Any]:
+def _relay_once(kind: str, sizes: Sizes, profile: Path | None, tls: bool = False) -> dict[str, Any]:
     data_dir = make_data_dir(sizes.relay_clients)
-    server = _server(kind, data_dir, profile)
+    cert, key = make_certificate(data_dir) if tls else (None, None)
+    server = (ServerProcess.tessenger(data_dir, profile, ["--tls-cert", str(cert), "--tls-key", str(key)]) if tls
+              else _server(kind, data_dir, profile))
     try:
         slices = split(list(range(sizes.relay_clients)), sizes.relay_procs, even=True)
-        with Workers(server.port, slices) as workers:
+        with Workers(server.port, slices, tls_ca=str(cert) if tls else None) as workers:
             start = now() + 0.3
             mark = start + sizes.relay_warmup
             end = mark + sizes.relay_seconds
@@ -117,6 +120,7 @@ def _relay_once(kind: str, sizes: Sizes, profile: Path | None) -> dict[str, Any]
 def relay(sizes: Sizes, profile: Path | None = None) -> list[dict[str, Any]]:
     server = _relay_once("server", sizes, profile)
     bare = _relay_once("bare", sizes, None)
+    secured = _relay_once("server", sizes, None, tls=True) if shutil.which("openssl") else None
     ratio = server["rate"] / bare["rate"]
     met = server["rate"] >= 50_000 and ratio >= 0.5
     return [row("relay", server["rate"], "msg/s", ">= 50,000 msg/s and >= 0.5 x bare", met,
@@ -125,7 +129,20 @@ def relay(sizes: Sizes, profile: Path | None = None) -> list[dict[str, Any]]:
                      f"receivers), {sizes.relay_window} in flight per sender; server CPU {server['server_cpu']:.0%} "
                      f"= {server['server_cpu'] / server['rate'] * 1e6:.0f} us/msg, bare relay CPU {bare['server_cpu']:.0%}"
                      f"{_others(server, bare)}",
-                server=server, bare=bare)]
+                server=server, bare=bare),
+            *_relay_tls_row(secured, server)]
+
+
+def _relay_tls_row(secured: dict[str, Any] | None, plain: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same relay with TLS on between every client and the server, beside the plain one."""
+    if secured is None:
+        return [row("relay_tls", None, "msg/s", "measured beside plain", None, note="skipped: no openssl command")]
+    return [row("relay_tls", secured["rate"], "msg/s", "measured beside plain", None, ceiling=plain["rate"],
+                ratio=secured["rate"] / plain["rate"],
+                note=f"the relay's load over TLS (ceiling: the plain relay of this run); server CPU "
+                     f"{secured['server_cpu']:.0%} = {secured['server_cpu'] / secured['rate'] * 1e6:.0f} us/msg"
+                     f"{_others(secured, plain)}",
+                server=secured)]
 
 
 # --- latency ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from core.flood import TokenBucket
 from core.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from core.messages import Code, Error
 from core.rules import Close, Effect, Send
+from shell.tls import TLSTransport
 
 LOGIN_FRAME = 4096  # frames before login are small: a username and a password
 LOGIN_OUTPUT = 4096  # unsent bytes before login: a few replies; more and it does not read them
@@ -47,7 +48,7 @@ class Limits:
 
 @dataclass(eq=False)
 class Connection:
-    sock: socket.socket
+    sock: "socket.socket | TLSTransport"
     conn_id: int
     ip: str
     decoder: FrameDecoder
@@ -63,6 +64,7 @@ class Connection:
     over: bool = False  # its output is over the limit: watched for a stall
     partial_since: float | None = None  # since when its decoder holds an incomplete frame
     partial_timer: bool = False  # a check of that is due
+    handshaking: bool = False  # TLS: the handshake runs before anything is read
 
 class ReadControl:
     """The part of the server that decides when each connection is read (a base class: the
@@ -73,6 +75,7 @@ class ReadControl:
     limits: Limits
     _backlog: dict[Connection, None]
     _pressed: list[tuple[Connection, Connection]]
+    _drop: Callable[[Connection, float], list[Effect]]
 
     def __init__(self) -> None:
         self.timers: list[tuple[float, int, int, Action]] = []
@@ -142,6 +145,18 @@ class ReadControl:
         else:
             self.selector.modify(conn.sock, events, conn)
         conn.events = events
+
+    def _handshake(self, conn: Connection, now: float) -> list[Effect]:
+        """One step of a TLS handshake, on readiness; a failed one costs only its connection."""
+        try:
+            events = conn.sock.handshake() or selectors.EVENT_READ
+        except OSError:  # a plain client (it was told), a stray peer, a broken handshake
+            return self._drop(conn, now)
+        conn.handshaking = conn.sock.handshaking
+        if events != conn.events:
+            self.selector.modify(conn.sock, events, conn)
+            conn.events = events
+        return []
 
     # --- full receivers ------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import math
 import resource
 import socket
 import sys
-from typing import Callable, NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 from core import passwords
 from core.admission import AddressLimits
@@ -18,7 +18,12 @@ from core.login_throttle import DEFAULT_BURST, DEFAULT_RATE
 from core.messages import MAX_PASSWORD, valid_password
 from core.rules import DEFAULT_MAX_GROUPS, DEFAULT_MAX_GROUPS_PER_USER
 from shell.connections import LOGIN_FRAME
+from core.rules import Chat
+from shell import tls
 from shell.logs import MAX_OPEN_LOGS
+
+if TYPE_CHECKING:
+    from shell.cluster import Node as ClusterNode
 
 RESERVED_FDS = MAX_OPEN_LOGS + 32  # descriptors no connection may take: logs, userlog, stdio, selector
 
@@ -119,6 +124,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hash-cost", type=power_of_two, default=passwords.DEFAULT_N,
                         help=f"scrypt N for --hash-password (default: {passwords.DEFAULT_N}); "
                              "every login with the entry stalls the server in proportion")
+    tls.add_server_arguments(parser)
     args = parser.parse_args(argv)
     if args.hash_password:
         return args
@@ -134,6 +140,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     if not (args.port.isdigit() and int(args.port) <= 65535):
         fail(f"Invalid port: {args.port}. The port must be an integer between 0 and 65535")
     args.port = int(args.port)
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
     return args
 
 
@@ -182,3 +190,19 @@ def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     listener.listen(1024)
     listener.setblocking(False)
     return listener
+
+
+def join_cluster(args: argparse.Namespace, accounts: dict[str, str], history: dict[str, int],
+                 new_chat: Callable[..., Chat]) -> "ClusterNode":
+    """The cluster seam: start as a node (one bounded, blocking exchange with Redis before the loop)."""
+    try:
+        from shell import cluster  # the optional extra: hiredis
+    except ImportError:
+        fail("The cluster mode (--redis) needs hiredis: pip install '.[cluster]' (or pip install hiredis)")
+    # what every node must agree on for the rules to decide alike
+    rules = [args.attempts, args.block_seconds, args.failed_login_burst, args.failed_login_rate,
+             args.max_groups_per_user, args.max_groups]
+    try:
+        return cluster.start(args.redis, accounts, rules, history, new_chat)
+    except cluster.ClusterError as exc:
+        fail(str(exc))

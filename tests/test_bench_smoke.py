@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,8 @@ def test_quick_relay_and_login_produce_numbers(tmp_path: Path) -> None:
     server = relay["details"]["server"]
     assert server["acks"] > 0
     assert server["log_lines"] >= server["acks"]  # every acknowledged message was logged
+    if shutil.which("openssl"):  # the same relay over TLS, measured beside it
+        assert positive(rows["relay_tls"]["figure"]) and rows["relay_tls"]["ceiling"] == relay["figure"]
 
     for name in ("login", "login (scrypt)"):
         login = rows[name]

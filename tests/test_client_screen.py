@@ -207,7 +207,7 @@ def test_make_run_client_saves_in_received_username_and_ctrl_c_ends_it_cleanly(
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     argv = ["make", "-s", "-C", str(ROOT), "run-client", f"PORT={server.port}", f"PYTHON={sys.executable}",
-            f"DIR={tmp_path}/received/{{username}}"]
+            f"DIR={tmp_path}/received/{{username}}", "TLS=0"]  # the fixture's server is plain TCP
     yoda = PyteTerminal(argv, tmp_path / "yoda")
     terminals.append(yoda)
     yoda.login("Yoda")
