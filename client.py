@@ -1,12 +1,12 @@
 """TESSENGER client: one select loop over stdin, the server connection and a UDP socket.
 
     python3 client.py SERVER_IP SERVER_PORT CLIENT_UDP_PORT [--receive-dir DIR]
-        [--datagram-size BYTES] [--max-receive-size SIZE] [--simulate-loss FRACTION]
-        [--tls] [--tls-ca FILE] [--known-servers FILE]
+        [--datagram-size BYTES] [--max-receive-size SIZE] [--max-incoming N] [--keep-partial HOURS]
+        [--simulate-loss FRACTION] [--tls] [--tls-ca FILE] [--known-servers FILE]
 
 Every decision is made by ``core.client_session.ClientSession`` (the chat) and
 ``core.transfers.TransferEngine`` (files peer to peer over UDP); this file moves bytes,
-lines and file contents (``DiskStorage``). No threads, no sleeps, and only one blocking
+lines and file contents (``shell.storage.DiskStorage``). No threads, no sleeps, and only one blocking
 read: the password, typed while logging in, when nothing else can happen yet. Timers are
 the select timeout (the nearest deadline). Before the loop starts, connecting and (with
 ``--tls``) the TLS handshake block, each within CONNECT_TIMEOUT.
@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Callable, NoReturn, Sequence
 
 from core.client_session import (
-    Address, Ask, ClientSession, Connect, Datagrams, Download, Effect, Exit, Print, Prompt, Send,
+    Address, Ask, ClientSession, Connect, Datagrams, Download, Effect, Ended, Exit, Print, Prompt, Send,
     Status, Transfers, Upload,
 )
 from core.completion import Names, candidates
@@ -42,11 +42,12 @@ from core.messages import Message, SchemaError, encode, replies
 from core.render import printable
 from core.transfer import MIN_DATAGRAM_SIZE
 from core.transfer_wire import MAX_DATAGRAM as MAX_UDP_PAYLOAD
-from core.transfers import DEFAULT_MAX_RECEIVE_SIZE, TransferEngine
+from core.transfers import DEFAULT_MAX_INCOMING, DEFAULT_MAX_RECEIVE_SIZE, TransferEngine
 from core.udp_batching import NO_GSO, READ_SIZE, SOL_UDP, UDP_GRO, UDP_SEGMENT, gro_segment_size, gso_run_end
 from shell import tls
 from shell.console import Console, Line, ReadlineConsole, open_console, take_terminal
 from shell.receive_dir import USERNAME, ReceiveDirectory
+from shell.storage import DiskStorage
 from shell.tls import TLSTransport
 
 CONNECT_TIMEOUT = 10.0
@@ -55,7 +56,6 @@ MAX_REPLY_FRAME = 16 * 1024 * 1024  # an /activeuser list of thousands of users 
 DATAGRAMS_PER_TURN = 512  # a datagram flood cannot starve the terminal or the server connection
 BYTES_PER_TURN = 4 * 1024 * 1024  # nor hold more than this in memory before it is written
 SOCKET_BUFFER = 4 * 1024 * 1024  # asked for SO_RCVBUF/SO_SNDBUF; Linux doubles it, capped by [rw]mem_max
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -360,6 +360,8 @@ class Client:
                     self._apply(self.transfers.upload(effect, now), now)
                 case Download(offer):
                     self._apply(self.transfers.download(offer, now), now)
+                case Ended(message):
+                    self._apply(self.transfers.ended(message, now), now)
                 case Connect():
                     self._connect(now)
                 case Status(text):
@@ -508,81 +510,6 @@ def _enable_gro(sock: socket.socket) -> bool:
     return True
 
 
-# --- files -------------------------------------------------------------------------------
-
-class DiskSource:
-    """A file being sent: opened once, read at each sender's own offset (``preadv``)."""
-
-    def __init__(self, path: str) -> None:
-        # O_NONBLOCK: opening a FIFO must not block the loop (it is refused just below)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        try:
-            status = os.fstat(fd)
-            if not stat.S_ISREG(status.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", path)
-        except OSError:
-            os.close(fd)
-            raise
-        self.fd = fd
-        self.size = status.st_size
-
-    def read_at(self, buffer: memoryview, offset: int) -> int:
-        return os.preadv(self.fd, [buffer], offset)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class DiskSink:
-    """A temporary file being received, written straight from the datagrams by ``writev``."""
-
-    def __init__(self, path: str) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-        self.fd = os.open(path, flags, 0o666)
-
-    def write(self, chunks: list[memoryview]) -> None:
-        write_chunks(self.fd, chunks)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def write_chunks(fd: int, chunks: list[memoryview]) -> None:
-    """Write the pieces of a Data event straight from the datagrams, a writev at a time."""
-    start = 0
-    while start < len(chunks):
-        written = os.writev(fd, chunks[start:start + IOV_MAX])
-        while written:  # a short write leaves the rest of the pieces for the next round
-            head = chunks[start]
-            if written < len(head):
-                chunks[start] = head[written:]
-                break
-            written -= len(head)
-            start += 1
-
-
-class DiskStorage:
-    """``core.transfers.Storage`` on the disk: received files go to ``directory``."""
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = directory
-
-    def open_source(self, path: str) -> DiskSource:
-        return DiskSource(path)
-
-    def create(self, name: str) -> DiskSink:
-        return DiskSink(os.path.join(self.directory, name))
-
-    def commit(self, temporary: str, final: str) -> None:
-        os.replace(os.path.join(self.directory, temporary), os.path.join(self.directory, final))
-
-    def discard(self, name: str) -> None:
-        try:
-            os.unlink(os.path.join(self.directory, name))
-        except FileNotFoundError:
-            pass
-
-
 # --- start-up ----------------------------------------------------------------------------
 
 USAGE = "python3 client.py SERVER_IP SERVER_PORT CLIENT_UDP_PORT [options]"
@@ -620,6 +547,14 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-receive-size", metavar="SIZE", default=str(DEFAULT_MAX_RECEIVE_SIZE),
                         help="refuse files larger than this; bytes, or with a K, M, G or T suffix "
                              "(powers of 1024; default: 4G)")
+    parser.add_argument("--max-incoming", metavar="N", type=int, default=DEFAULT_MAX_INCOMING,
+                        help=f"files received at once; further offers are declined (default {DEFAULT_MAX_INCOMING})")
+    parser.add_argument("--keep-partial", metavar="HOURS", type=float, default=24.0,
+                        help="partial files of interrupted transfers older than this are deleted when "
+                             "the client starts (default 24)")
+    parser.add_argument("--no-transfer-mac", dest="transfer_mac", action="store_false",
+                        help="benchmarks only: transfer datagrams without MACs (unauthenticated; the peer "
+                             "must use this flag too, or nothing gets through)")
     parser.add_argument("--reconnect", action=argparse.BooleanOptionalAction, default=None,
                         help="when the connection to the server is lost, try again (1, 2, 4 ... 30 s "
                              "apart) and log in again (default: on a terminal only; otherwise the "
@@ -643,6 +578,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         fail(f"Invalid maximum receive size: {args.max_receive_size}. Give bytes, or a number with "
              "a K, M, G or T suffix", 2)
     args.max_receive_size = size
+    if args.max_incoming < 1:
+        fail(f"Invalid --max-incoming: {args.max_incoming}. It must be at least 1", 2)
+    if not args.keep_partial >= 0:
+        fail(f"Invalid --keep-partial: {args.keep_partial}. It must be a number of hours, 0 or more", 2)
     if not 0.0 <= args.simulate_loss < 1.0:
         fail(f"Invalid loss: {args.simulate_loss}. It must be at least 0 and less than 1", 2)
     return args
@@ -747,9 +686,12 @@ def main(argv: list[str]) -> int:
     # rest is room for the ACKs of our own uploads); the engine shares it among them.
     granted = udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     transfers = TransferEngine(
-        DiskStorage(ReceiveDirectory(args.receive_dir, lambda: session.username)),
+        # partial files no transfer came back for are swept once the directory is known
+        DiskStorage(ReceiveDirectory(args.receive_dir, lambda: session.username),
+                    keep_partial=args.keep_partial * 3600),
         receive_window=granted * 3 // 4, datagram_size=args.datagram_size,
         max_receive_size=args.max_receive_size, show_progress=isinstance(console, ReadlineConsole),
+        max_incoming=args.max_incoming, authenticate=args.transfer_mac,
     )
     client = Client(console, server, udp, session, transfers, names=names, simulate_loss=args.simulate_loss,
                     secure=again)

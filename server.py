@@ -47,7 +47,7 @@ from shell.server_console import Console
 from shell.logs import MAX_OPEN_LOGS, Logs  # noqa: F401 (MAX_OPEN_LOGS: part of the server's interface)
 from shell import tls
 from shell.startup import (  # noqa: F401 (RESERVED_FDS: part of the server's interface)
-    RESERVED_FDS, fail, hash_password, join_cluster, listen, parse_arguments, raise_file_limit,
+    RESERVED_FDS, collect_rarely, fail, hash_password, join_cluster, listen, parse_arguments, raise_file_limit,
 )
 from shell.tls import TLSTransport
 
@@ -234,34 +234,29 @@ class Server(ReadControl):
         return []
 
     def _handle(self, conn: Connection, now: float, batches: list[Batch]) -> None:
-        """Handle up to FRAMES_PER_TURN of the connection's requests, in order, within its budget.
-
-        Frames are taken one at a time, so a bad one is refused only after every request
-        before it was handled, and the larger frame limit applies from the first frame after
-        the login.
-        """
+        """Handle up to FRAMES_PER_TURN of the connection's requests, in order, within its budget;
+        a bad frame is refused after every request before it was handled."""
         # looked up once per turn, not once per request: this loop is the relay's hot path
-        next_frame = conn.decoder.next_frame
         handle = self.chat.handle
         decode = requests.decode
         conn_id = conn.conn_id
         bucket = conn.bucket
-        for handled in range(FRAMES_PER_TURN):
+        decoder = conn.decoder
+        try:
+            payloads = decoder.take(FRAMES_PER_TURN)  # stops before a bad frame; the next take raises
+        except FrameError as exc:
+            batches.append((conn, self._reject(conn, f"Error. Bad frame: {exc}.")))
+            return
+        if len(payloads) < FRAMES_PER_TURN and not decoder.ready:
+            del self._backlog[conn]  # all taken: read it again
+            self._watch_partial_frame(conn, now, bool(payloads))
+        for index, payload in enumerate(payloads):
             if bucket is not None:
                 wait = bucket.wait(now)
                 if wait:  # over its budget: not read until it has earned its next request
+                    decoder.unread(payloads[index:])
                     self.pause_until(conn, now + wait)
                     return
-            try:
-                payload = next_frame()
-            except FrameError as exc:
-                batches.append((conn, self._reject(conn, f"Error. Bad frame: {exc}.")))
-                return
-            if payload is None:
-                del self._backlog[conn]  # all handled: read it again
-                self._watch_partial_frame(conn, now, handled > 0)
-                return
-            if bucket is not None:
                 bucket.take()
             try:
                 replies = handle(conn_id, decode(payload), now)
@@ -271,6 +266,7 @@ class Server(ReadControl):
                 traceback.print_exc()
                 replies = self._reject(conn, "Error. Internal server error.")
             if not conn.logged_in and self.chat.sessions[conn_id].username:
+                decoder.unread(payloads[index + 1:])  # handled after its welcome
                 self._logged_in(conn, replies)
                 return
             batches.append((conn, replies))
@@ -278,6 +274,7 @@ class Server(ReadControl):
             if last is Close:  # a Close is always the last effect of a request
                 return  # whatever it sent after its own end is ignored
             if last is Hold:  # so is a Hold: the core finishes the request at its time
+                decoder.unread(payloads[index + 1:])  # handled after the held one
                 self._hold(conn, replies[-1].until)
                 return
 
@@ -580,6 +577,7 @@ def main(argv: list[str]) -> int:
           "Not encrypted: passwords and messages cross the network in clear (use --tls-cert/--tls-key)", flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # same clean stop as Ctrl-C
     status = 0
+    collect_rarely()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -96,21 +96,21 @@ def _run(nodes: int, clients: int, procs: int, all_cross: bool, command: str, wa
 
 
 def cluster(sizes: "Sizes", profile: Path | None = None) -> list[dict[str, Any]]:
-    from .scenarios import _relay_once, row  # scenarios registers this benchmark: imported late
+    from .scenarios import TESSENGER, _relay_once, row
 
     missing = [what for what, present in (("redis-server", shutil.which("redis-server")),
                                           ("hiredis", _has_hiredis())) if not present]
     if missing:
         return [row("cluster", None, "", "relay and cross-node latency, 1-3 nodes", None,
                     note=f"not run: {' and '.join(missing)} missing (apt-get install redis-server; pip install hiredis)")]
-    single = _relay_once("server", sizes, None)
+    single = _relay_once(TESSENGER, sizes, None)
     rows = []
     for nodes in (1, 2, 3):
         results, seconds, cpu = _run(nodes, sizes.relay_clients, sizes.relay_procs, False, "relay",
                                      sizes.relay_warmup, sizes.relay_seconds, window=sizes.relay_window, text=sizes.text)
         rate = sum(r["delivered"] / r["seconds"] for r in results)
         rows.append(row(f"cluster relay, {nodes} node{'s' * (nodes > 1)}", rate, "msg/s",
-                        "beside one process", None, ceiling=single["rate"], ratio=rate / single["rate"],
+                        "beside one process", None, anchor=single["rate"], ratio=rate / single["rate"],
                         note=f"{sizes.relay_clients} clients spread evenly, half the messages cross nodes; CPU of "
                              f"the nodes and Redis {cpu / seconds:.0%} = {cpu / (rate * seconds) * 1e6:.0f} us/msg "
                              f"(one process: {single['server_cpu'] / single['rate'] * 1e6:.0f} us/msg)"))

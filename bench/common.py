@@ -13,12 +13,14 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "server.py"
@@ -77,27 +79,7 @@ def check_user_frame(index: int) -> bytes:
     return frame({"type": "check_user", "username": user(index)})
 
 
-def msgto_frame(receiver: int, text: str) -> bytes:
-    return frame({"type": "msgto", "receivers": [user(receiver)], "text": text})
-
-
 LOGOUT = frame({"type": "logout"})
-
-
-def split_frames(buffer: bytearray) -> list[bytes]:
-    """Remove and return every whole frame's payload at the front of ``buffer``."""
-    frames = []
-    pos = 0
-    end = len(buffer)
-    while end - pos >= 4:
-        (length,) = HEADER.unpack_from(buffer, pos)
-        if pos + 4 + length > end:
-            break
-        frames.append(bytes(buffer[pos + 4 : pos + 4 + length]))
-        pos += 4 + length
-    if pos:
-        del buffer[:pos]
-    return frames
 
 
 def raise_nofile(wanted: int) -> int:
@@ -131,6 +113,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def busy_seconds(pid: int) -> float:
+    """CPU time used plus time spent runnable but waiting for a CPU, so far, by ``pid``'s
+    main thread (/proc/PID/schedstat): what is left of the wall time was spent idle."""
+    with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+        running, waiting = f.read().split()[:2]
+    return (int(running) + int(waiting)) / 1e9
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all processes have used so far, summed over CPUs (from /proc/stat)."""
     with open("/proc/stat", encoding="ascii") as f:
@@ -138,40 +128,57 @@ def machine_busy_seconds() -> float:
     return (sum(values) - values[3] - values[4]) / CLOCK_TICKS  # all but idle and iowait
 
 
+# A process that was busy (running or waiting to run) this share of a window is saturated;
+# one idle this share of it had time to spare.
+SATURATED = 0.9
+IDLE = 0.1
+
+
 class CpuWindow:
-    """CPU used over a window by the server, by the load processes, and by everything else."""
+    """CPU used over a window by the server, by the load processes, and by everything else;
+    and whether the load side, not the server, was the bottleneck."""
 
     def __init__(self, server_pid: int, load_pids: list[int]) -> None:
         self.pids = [server_pid, *load_pids]
         self._start = self._sample()
 
-    def _sample(self) -> tuple[float, float, list[float]]:
-        ours = []
+    def _sample(self) -> tuple[float, float, list[float], list[float]]:
+        cpu, busy = [], []
         for pid in self.pids:
             try:
-                ours.append(cpu_seconds(pid))
-            except OSError:
-                ours.append(0.0)
-        return time.monotonic(), machine_busy_seconds(), ours
+                cpu.append(cpu_seconds(pid))
+                busy.append(busy_seconds(pid))
+            except (OSError, ValueError):
+                cpu.append(0.0)
+                busy.append(0.0)
+        return time.monotonic(), machine_busy_seconds(), cpu, busy
 
-    def stop(self) -> dict[str, float]:
-        t1, busy1, ours1 = self._sample()
-        t0, busy0, ours0 = self._start
+    def stop(self) -> dict[str, Any]:
+        t1, machine1, cpu1, busy1 = self._sample()
+        t0, machine0, cpu0, busy0 = self._start
         elapsed = t1 - t0
-        server = (ours1[0] - ours0[0]) / elapsed
-        load = sum(b - a for a, b in zip(ours0[1:], ours1[1:])) / elapsed
-        others = max(0.0, (busy1 - busy0) / elapsed - server - load)
-        return {"server_cpu": server, "load_cpu": load, "others_cpu": others}
+        cpu = [(b - a) / elapsed for a, b in zip(cpu0, cpu1)]
+        busy = [(b - a) / elapsed for a, b in zip(busy0, busy1)]
+        server, load = cpu[0], sum(cpu[1:])
+        others = max(0.0, (machine1 - machine0) / elapsed - server - load)
+        # the server had time to spare while a load process could not go faster, or the whole
+        # machine was taken (by the load and everyone else): the figure is the load side's,
+        # and the server's own is higher
+        saturated = max(busy[1:], default=0.0) >= SATURATED or server + load + others >= SATURATED * (os.cpu_count() or 1)
+        load_bound = 1 - busy[0] >= IDLE and saturated
+        return {"server_cpu": server, "load_cpu": load, "others_cpu": others, "server_busy": busy[0],
+                "load_busy_max": max(busy[1:], default=0.0), "load_bound": load_bound}
 
 
 class ServerProcess:
-    """A server (the real server.py, or any command that prints the same first line).
+    """A server: the real server.py, or (with ``port``) a redis-server told its port.
 
-    The first stdout line must contain ``listening on HOST:PORT``; stdout after it is
-    discarded unread (the server runs with ``--quiet``), stderr goes to a file.
+    server.py's first stdout line must contain ``listening on HOST:PORT``; stdout after it is
+    discarded unread (the server runs with ``--quiet``), stderr goes to a file. A server
+    given ``port`` is ready when it answers PING there.
     """
 
-    def __init__(self, command: list[str], data_dir: Path, name: str) -> None:
+    def __init__(self, command: list[str], data_dir: Path, name: str, port: int | None = None) -> None:
         self.data_dir = data_dir
         self.name = name
         self.stderr_path = data_dir / f"{name}.stderr"
@@ -180,14 +187,20 @@ class ServerProcess:
             command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
         )
+        self.pid = self.process.pid
+        self.spy: subprocess.Popen | None = None  # a profiler attached from outside
+        if port is not None:
+            self.port = port
+            if not self._answers_ping():
+                self.stop()
+                raise RuntimeError(f"{name} did not start: {self.stderr()}")
+            return
         first = self._first_line()
         match = re.search(r"listening on ([^:\s]+):(\d+)", first)
         if not match:
             self.stop()
             raise RuntimeError(f"{name} did not start: {first!r} {self.stderr()}")
         self.port = int(match.group(2))
-        self.pid = self.process.pid
-        self.spy: subprocess.Popen | None = None  # a profiler attached from outside
 
     def _first_line(self) -> str:
         import selectors
@@ -197,6 +210,18 @@ class ServerProcess:
             if not selector.select(START_TIMEOUT):
                 return ""
         return self.process.stdout.readline()
+
+    def _answers_ping(self) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and self.alive():
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1.0) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                time.sleep(0.05)
+        return False
 
     @classmethod
     def tessenger(cls, data_dir: Path, profile: Path | None = None, extra: list[str] | None = None) -> "ServerProcess":
@@ -214,10 +239,6 @@ class ServerProcess:
         if profile is not None:
             server.spy = profiling.attach(server.pid, profile)
         return server
-
-    @classmethod
-    def bare_relay(cls, data_dir: Path) -> "ServerProcess":
-        return cls([sys.executable, "-m", "bench.bare_relay", "--host", HOST, "--port", "0"], data_dir, "bare_relay")
 
     def alive(self) -> bool:
         return self.process.poll() is None

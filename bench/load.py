@@ -6,15 +6,16 @@ of the accounts, and drives them through a pipe: the worker logs its clients in,
 measurements. All workers share CLOCK_MONOTONIC, so the coordinator hands them absolute start
 and stop times and they need no other synchronisation.
 
-The hot loops avoid parsing where they can: the relay only counts frames by their length
-headers, and senders keep a bounded number of messages in flight, known locally because each
-sender's receiver lives in the same worker.
+Each worker speaks one server's protocol (``bench.wire``: TESSENGER, or Redis for the
+anchors), with the same payloads. The hot loops do not parse: the relay and the group
+fan-out count deliveries with ``wire.Counter``, and senders keep a bounded number of
+messages in flight, known locally because each sender's receiver (in the group: the member
+served last) lives in the same worker.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import multiprocessing
 import selectors
 import socket
@@ -25,7 +26,8 @@ from typing import Any
 
 from shell import tls
 
-from .common import HEADER, HOST, LOGOUT, check_user_frame, frame, login_frame, msgto_frame, raise_nofile, split_frames, user
+from .common import HOST, LOGOUT, check_user_frame, login_frame, raise_nofile, user
+from .wire import WIRES, Counter
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -41,7 +43,7 @@ class Client:
     """One connection of the load generator."""
 
     __slots__ = ("index", "sock", "buf", "out", "events", "state", "partner", "sent", "delivered",
-                 "acks", "tail", "t_start", "t_welcome", "t_done", "expect")
+                 "counter", "replies", "t_start", "t_welcome", "t_done")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -53,36 +55,19 @@ class Client:
         self.partner: "Client | None" = None  # the receiver of this sender (relay)
         self.sent = 0
         self.delivered = 0
-        self.acks = 0
-        self.tail = b""  # a partial frame left by the frame counter
+        self.counter: Counter | None = None  # what the hot loops count in this client's input
+        self.replies = 0  # Redis: integer replies so far
         self.t_start = 0.0
         self.t_welcome = 0.0
         self.t_done = 0.0
-        self.expect = ""
-
-    def count_frames(self, data: bytes) -> int:
-        """Count whole frames in the stream without parsing them."""
-        if self.tail:
-            data = self.tail + data
-        pos = 0
-        end = len(data)
-        n = 0
-        unpack = HEADER.unpack_from
-        while end - pos >= 4:
-            step = 4 + unpack(data, pos)[0]
-            if pos + step > end:
-                break
-            pos += step
-            n += 1
-        self.tail = data[pos:] if pos < end else b""
-        return n
 
 
 class Fleet:
     """A worker's clients and its selector."""
 
-    def __init__(self, port: int, indices: list[int], tls_ca: str | None = None) -> None:
+    def __init__(self, port: int, indices: list[int], wire: str = "tessenger", tls_ca: str | None = None) -> None:
         self.port = port
+        self.wire = WIRES[wire]
         self.tls = tls.client_context(tls_ca) if tls_ca else None  # None: plain TCP
         self.selector = selectors.DefaultSelector()
         self.clients = [Client(i) for i in indices]
@@ -139,7 +124,7 @@ class Fleet:
         if not data:
             raise BenchError(f"server closed {user(c.index)} (state {c.state})")
         c.buf += data
-        return arrived, [json.loads(p) for p in split_frames(c.buf)]
+        return arrived, self.wire.parse(c, c.buf)
 
     # --- connecting and logging in ---------------------------------------------------
 
@@ -172,7 +157,7 @@ class Fleet:
                         raise BenchError(f"connect failed for {user(c.index)}: {errno.errorcode.get(err, err)}")
                     c.state = "check" if check_user else "login"
                     self.watch(c, READ)
-                    self.send(c, check_user_frame(c.index) if check_user else login_frame(c.index))
+                    self.send(c, check_user_frame(c.index) if check_user else self.wire.hello(c.index))
                     continue
                 if mask & WRITE:
                     self.flush(c)
@@ -184,7 +169,7 @@ class Fleet:
                     except ConnectionResetError:
                         data = b""
                     c.buf += data
-                    for message in (json.loads(p) for p in split_frames(c.buf)):
+                    for message in self.wire.parse(c, c.buf):
                         if message["type"] != "bye":
                             raise BenchError(f"{user(c.index)} expected bye, got {message}")
                         c.state = "closing"  # the server closes after its bye
@@ -213,7 +198,7 @@ class Fleet:
                             c.state = "in"
                             busy -= 1
                             finished += 1
-                    else:
+                    elif kind != "hello":  # Redis's answer to HELLO comes before the welcome
                         raise BenchError(f"{user(c.index)} in state {c.state} got {message}")
 
     def _start_connect(self, c: Client, check_user: bool) -> None:
@@ -244,7 +229,7 @@ class Fleet:
         c.events = 0
         c.state = "check" if check_user else "login"
         self.watch(c, READ)
-        self.send(c, check_user_frame(c.index) if check_user else login_frame(c.index))
+        self.send(c, check_user_frame(c.index) if check_user else self.wire.hello(c.index))
 
     def close_all(self) -> None:
         for c in self.clients:
@@ -285,7 +270,7 @@ class Worker:
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params
         raise_nofile(len(params["indices"]) + 256)
-        self.fleet = Fleet(params["port"], params["indices"], params.get("tls_ca"))
+        self.fleet = Fleet(params["port"], params["indices"], params.get("wire", "tessenger"), params.get("tls_ca"))
 
     # set-up -----------------------------------------------------------------------------
 
@@ -299,20 +284,21 @@ class Worker:
     def relay(self, start: float, mark: float, end: float, window: int, text: str) -> dict[str, Any]:
         """Pairs (2k -> 2k+1) pipeline ``window`` messages each; count deliveries in [mark, end)."""
         fleet = self.fleet
+        wire = fleet.wire
         by_index = fleet.by_index
         senders = []
         for c in fleet.clients:
+            c.counter = Counter(wire.DELIVERY if c.index % 2 else wire.ACK)
             if c.index % 2 == 0:
                 c.partner = by_index[c.index + 1]
                 c.partner.partner = c
                 senders.append(c)
-        batches = {c.index: msgto_frame(c.partner.index, text) for c in senders}
+        batches = {c.index: wire.msgto(c.index, c.partner.index, text) for c in senders}
         low = window // 2
         select = fleet.selector.select
         send = fleet.send
         flush = fleet.flush
         delivered = 0
-        acks = 0
         mark_count = mark_time = None
         wait_until(start)
         for c in senders:
@@ -333,7 +319,7 @@ class Worker:
                         continue
                     if not data:
                         raise BenchError(f"server closed {user(c.index)}")
-                    n = c.count_frames(data)
+                    n = c.counter.feed(data)
                     if c.index % 2:  # a receiver: its sender may send more
                         delivered += n
                         s = c.partner
@@ -343,10 +329,9 @@ class Worker:
                             more = window - in_flight
                             s.sent += more
                             send(s, batches[s.index] * more)
-                    else:
-                        acks += n
                 if mask & WRITE:
                     flush(c)
+        acks = sum(c.counter.total for c in senders) // wire.acks_per_message
         return {"delivered": delivered - mark_count, "seconds": t - mark_time, "acks": acks,
                 "sent": sum(c.sent for c in senders), "total_delivered": delivered}
 
@@ -356,9 +341,11 @@ class Worker:
         """Send ``rate`` messages/s round robin over the clients (each to index ^ 1); latencies of
         messages sent in [mark, end) in microseconds."""
         fleet = self.fleet
+        wire = fleet.wire
         clients = fleet.clients
         n = len(clients)
-        partner_name = [f'{{"type":"msgto","receivers":["{user(c.index ^ 1)}"],"text":"' for c in clients]
+        around = [wire.msgto_prefix(c.index, c.index ^ 1) for c in clients]
+        framed = wire.framed
         select = fleet.selector.select
         send = fleet.send
         flush = fleet.flush
@@ -380,8 +367,8 @@ class Worker:
                 due = int((t - t0) * rate) - sent
                 for _ in range(due):
                     i = sent % n
-                    payload = f'{partner_name[i]}lat {time.monotonic_ns()} {sent}"}}'.encode()
-                    send(clients[i], HEADER.pack(len(payload)) + payload)
+                    prefix, suffix = around[i]
+                    send(clients[i], framed(prefix, f"lat {time.monotonic_ns()} {sent}".encode(), suffix))
                     sent += 1
                 timeout = max(0.0, min(t0 + (sent + 1) / rate, end) - time.monotonic())
             else:
@@ -394,7 +381,7 @@ class Worker:
                         kind = message["type"]
                         if kind == "msg_sent":
                             acks += 1
-                        elif kind in ("message", "msgto"):  # msgto: forwarded as is by the bare relay
+                        elif kind == "message":
                             received += 1
                             stamp = int(message["text"].split()[1])
                             if mark_ns <= stamp < end_ns:
@@ -428,14 +415,18 @@ class Worker:
 
     def create_group(self, creator: int, group: str, members: list[int]) -> dict[str, Any]:
         c = self.fleet.by_index[creator]
-        self.fleet.send(c, frame({"type": "creategroup", "group": group, "members": [user(m) for m in members]}))
+        request = self.fleet.wire.create_group(group, members)
+        if not request:
+            return {"members": len(members) + 1}
+        self.fleet.send(c, request)
         reply = self._reply(c, "group_created")
         return {"members": len(reply["members"])}
 
-    def join_group(self, group: str, skip: int) -> dict[str, Any]:
-        joiners = [c for c in self.fleet.clients if c.index != skip]
+    def join_group(self, group: str, members: list[int]) -> dict[str, Any]:
+        """The ``members`` that are ours join, in that order."""
+        joiners = [self.fleet.by_index[m] for m in members if m in self.fleet.by_index]
         for c in joiners:
-            self.fleet.send(c, frame({"type": "joingroup", "group": group}))
+            self.fleet.send(c, self.fleet.wire.join_group(group))
         for c in joiners:
             self._reply(c, "group_joined", ignore=("group_invite",))
         return {"joined": len(joiners)}
@@ -443,9 +434,9 @@ class Worker:
     def _reply(self, c: Client, kind: str, ignore: tuple[str, ...] = (), timeout: float = 30.0) -> dict:
         """Wait for ``c``'s next message of type ``kind`` (other clients' input is kept)."""
         deadline = time.monotonic() + timeout
+        parse = self.fleet.wire.parse
         while True:
-            for payload in split_frames(c.buf):
-                message = json.loads(payload)
+            for message in parse(c, c.buf):
                 if message["type"] == kind:
                     return message
                 if message["type"] not in ignore:
@@ -462,57 +453,57 @@ class Worker:
                         raise BenchError(f"server closed {user(other.index)}")
                     other.buf += data
 
-    def group_fanout(self, start: float, group: str, sender: int | None, repeats: int, expect: int,
-                     timeout: float = 60.0) -> dict[str, Any]:
-        """If ``sender`` is ours it posts ``repeats`` messages, each after the previous one's ack;
-        every member here records when each message arrived. ``expect``: deliveries due here."""
+    def group_fanout(self, start: float, mark: float, end: float, group: str, sender: int, gate: int, window: int,
+                     text: str, quiet: float = 0.5) -> dict[str, Any]:
+        """Sustained fan-out: if ``sender`` is ours it keeps ``window`` messages in flight,
+        counted from what reached ``gate`` (the member served last); every member here counts
+        its deliveries. Deliveries in [mark, end) make the rate; after ``end`` nothing more is
+        posted and each worker reads until its members have been quiet for ``quiet`` seconds,
+        so the totals can be checked against what was posted."""
         fleet = self.fleet
+        wire = fleet.wire
         select = fleet.selector.select
-        s = fleet.by_index.get(sender) if sender is not None else None
-        last_arrival: dict[int, int] = {}  # message number -> latest arrival here (ns)
-        sent_at: dict[int, int] = {}
-        acked_at: dict[int, int] = {}
-        received = 0
-        errors: list[str] = []
+        s = fleet.by_index.get(sender)
+        g = fleet.by_index.get(gate)
+        for c in fleet.clients:
+            c.counter = Counter(wire.ACK if c is s else wire.GROUP_DELIVERY)
+        message = wire.groupmsg(group, text)
+        delivered = 0
+        mark_count = mark_time = None
+        end_count, end_time = 0, mark
         wait_until(start)
-        deadline = time.monotonic() + timeout
-        posted = 0
-
-        def post() -> None:
-            nonlocal posted
-            stamp = time.monotonic_ns()
-            sent_at[posted] = stamp
-            fleet.send(s, frame({"type": "groupmsg", "group": group, "text": f"grp {posted} {stamp}"}))
-            posted += 1
-
         if s is not None:
-            post()
-        while received < expect or (s is not None and len(acked_at) < repeats):
-            if time.monotonic() > deadline:
-                errors.append(f"timed out: {received} of {expect} deliveries")
+            fleet.send(s, message * window)
+            s.sent = window
+        last_input = time.monotonic()
+        while True:
+            t = time.monotonic()
+            if mark_count is None and t >= mark:
+                mark_count, mark_time = delivered, t
+            if t >= end and (t - last_input > quiet or t > end + 30):
                 break
-            for key, mask in select(1.0):
+            for key, mask in select(0.05):
                 c = key.data
+                if mask & READ:
+                    data = c.sock.recv(RECV)
+                    if not data:
+                        raise BenchError(f"server closed {user(c.index)}")
+                    last_input = time.monotonic()
+                    n = c.counter.feed(data)
+                    if c is s:
+                        continue
+                    delivered += n
+                    if t < end:
+                        end_count, end_time = delivered, t
+                    if c is g and s is not None and t < end:
+                        more = window - (s.sent - g.counter.total)
+                        if more > 0:
+                            s.sent += more
+                            fleet.send(s, message * more)
                 if mask & WRITE:
                     fleet.flush(c)
-                if not mask & READ:
-                    continue
-                arrived, messages = fleet.receive(c)
-                for message in messages:
-                    kind = message["type"]
-                    if kind == "group_message":
-                        number = int(message["text"].split()[1])
-                        received += 1
-                        if arrived > last_arrival.get(number, 0):
-                            last_arrival[number] = arrived
-                    elif kind == "group_sent" and c is s:
-                        acked_at[len(acked_at)] = arrived
-                        if posted < repeats:
-                            post()
-                    elif kind != "group_invite":
-                        errors.append(str(message)[:200])
-        return {"received": received, "last_arrival": last_arrival, "sent_at": sent_at, "acked_at": acked_at,
-                "errors": errors[:5]}
+        return {"delivered": end_count - mark_count, "seconds": end_time - mark_time, "total_delivered": delivered,
+                "posted": s.sent if s is not None else 0, "members": sum(c is not s for c in fleet.clients)}
 
     def close(self) -> None:
         self.fleet.close_all()

@@ -51,6 +51,7 @@ class TransferCase:
     datagram: int | None  # None: the client's default
     loss: float
     target_MBps: float | None
+    mac: bool = True  # False: both clients with --no-transfer-mac, for the cost of the MACs
 
 
 @dataclass
@@ -60,7 +61,7 @@ class TransferResult:
     identical: bool  # the saved file is byte-identical (SHA-256) to the original
 
 
-def measure_transfer(work: Path, size: int, datagram: int | None, loss: float) -> TransferResult:
+def measure_transfer(work: Path, size: int, datagram: int | None, loss: float, mac: bool = True) -> TransferResult:
     """Send a ``size``-byte file from one real client.py to another through a real server.py.
 
     The server runs in ``work``; the presenter (Yoda) and the audience (Luke) are client.py
@@ -80,7 +81,7 @@ def measure_transfer(work: Path, size: int, datagram: int | None, loss: float) -
     expected = make_file(work / "presenter" / "video.bin", size)
     (work / "audience").mkdir(parents=True, exist_ok=True)
     flags = [*(["--datagram-size", str(datagram)] if datagram else []),
-             *(["--simulate-loss", str(loss)] if loss else [])]
+             *(["--simulate-loss", str(loss)] if loss else []), *([] if mac else ["--no-transfer-mac"])]
     server = ServerProcess.tessenger(data_dir)
     clients: list[_Client] = []
     try:
@@ -191,6 +192,10 @@ def cases() -> list[TransferCase]:
         TransferCase("default datagram", None, 0.0, 400.0),
         TransferCase("1,400-byte datagrams", SMALL_DATAGRAM, 0.0, 100.0),
         TransferCase("default datagram, 10% loss", None, 0.10, None),
+        # the same transfers without MACs: the cost of authenticating every datagram (>= 0.85 x)
+        TransferCase("default datagram, no MAC", None, 0.0, None, mac=False),
+        TransferCase("1,400-byte datagrams, no MAC", SMALL_DATAGRAM, 0.0, None, mac=False),
+        TransferCase("default datagram, 10% loss, no MAC", None, 0.10, None, mac=False),
     ]
 
 
@@ -213,7 +218,7 @@ def run(work: Path, size: int, ceiling_bytes: int) -> list[dict]:
         }
         try:
             result = measure_transfer(work / case.name.replace(" ", "_").replace(",", "").replace("%", "pc"),
-                                      size, case.datagram, case.loss)
+                                      size, case.datagram, case.loss, case.mac)
         except NotImplementedError as exc:
             row["note"] = str(exc) or PLACEHOLDER
         except Exception as exc:  # a failed transfer is a result, not a crash of the bench
@@ -225,4 +230,10 @@ def run(work: Path, size: int, ceiling_bytes: int) -> list[dict]:
             if not result.identical:
                 row["note"] = "NOT byte-identical"
         rows.append(row)
+    with_macs = {r["case"]: r for r in rows if r["MBps"]}
+    for r in rows:  # the cost of the MACs: each transfer beside itself without them, same run
+        authenticated = with_macs.get(r["case"].removesuffix(", no MAC"))
+        if r["case"].endswith(", no MAC") and r["MBps"] and authenticated:
+            r["note"] = (f"{size / 2**20:.0f} MiB, byte-identical: {r['identical']}; with MACs "
+                         f"{authenticated['MBps'] / r['MBps']:.2f} x this (target >= 0.85)")
     return rows

@@ -64,9 +64,9 @@ def _login_cpu(users: int) -> float:
 
 
 def rows(sizes: Any, profile: Path | None = None) -> list[dict[str, Any]]:
-    from .scenarios import row
+    from .registry import row
 
-    many = 10_000 if sizes.sessions >= 10_000 else 1000  # --quick: a tenth
+    many = 1000 if getattr(sizes, "quick", False) else 10_000  # --quick: a tenth
     few, cycles = many // 100, CYCLES if many == 10_000 else CYCLES // 4
     beside_few, beside_many = _cycle_cpu(few, cycles), _cycle_cpu(many, cycles)
     cycle_ratio = beside_many / beside_few

@@ -1,6 +1,6 @@
 """The UDP file transfer over real loopback sockets, beside a raw UDP blast ceiling (SPEC 8).
 
-    python3 bench/transfer_loopback.py [--quick] [--mib N] [--repeat N] [--json PATH] [--no-offload]
+    python3 bench/transfer_loopback.py [--quick] [--mib N] [--repeat N] [--json PATH] [--no-offload] [--mac on|off|both]
 
 Two processes, each running ``TransferLoop`` -- the select loop the client copies: one
 non-blocking UDP socket, any number of transfers in both directions routed by transfer id,
@@ -8,13 +8,15 @@ timers from ``next_deadline()``, file bytes streamed from disk as the sender ask
 received bytes appended to a temporary file renamed only once the digest matched. It sends
 a random file from one temporary directory to another and checks the copy byte for byte,
 with the default datagram size for loopback, with 1,400-byte datagrams, and with 10% of
-DATA datagrams dropped before ``sendto``. The server's part (issuing the transfer id,
-telling each side the other's address) is played by the parent over pipes.
+DATA datagrams dropped before ``sendto``. The server's part (issuing the transfer id and
+key, telling each side the other's address) is played by the parent over pipes. Each case
+runs with every datagram authenticated (a per-transfer key, as the client always does) and
+without (no key: the cost of the MACs is the ratio of the two, from the same run).
 
 What the client does at the edges is the client's own code, not a copy: datagrams go
 through ``client.DatagramPort`` (batched by the kernel: UDP GSO/GRO;
 ``--no-offload`` sends and reads one per system call), files are written by
-``client.write_chunks``, and each process keeps freed memory as ``client.py`` does.
+``shell.storage.write_chunks``, and each process keeps freed memory as ``client.py`` does.
 
 Each side's CPU seconds are printed too: sender and receiver each need a core, so on a
 machine where other work holds a core the rate falls towards size / (sum of both).
@@ -42,7 +44,7 @@ from typing import Any, Sequence, Union
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client import DatagramPort, keep_freed_memory, write_chunks
+from client import DatagramPort, keep_freed_memory
 from core.transfer import (
     Completed,
     Data,
@@ -53,7 +55,8 @@ from core.transfer import (
     datagram_size_for,
     peek_transfer_id,
 )
-from core.transfer_wire import DATA_HEADER_SIZE, Kind
+from core.transfer_wire import DATA_HEADER_SIZE, TAG_SIZE, Kind
+from shell.storage import write_chunks
 
 _DATA = int(Kind.DATA)
 
@@ -223,11 +226,11 @@ def run_sender(pipe: Connection, path: str, datagram_size: int, data_loss: float
     keep_freed_memory()  # as client.py does: datagrams are allocated and freed by the megabyte
     sock = open_socket()
     pipe.send(sock.getsockname())
-    transfer_id, peer = pipe.recv()
+    transfer_id, key, peer = pipe.recv()
     loop = TransferLoop(sock, data_loss=data_loss, offload=offload)
     size = os.path.getsize(path)
     sender = Sender(transfer_id, size, time.monotonic(), datagram_size=datagram_size,
-                    congestion_control=congestion_control)
+                    congestion_control=congestion_control, key=key)
     loop.add(Transfer(sender, peer, io.FileIO(path, "rb"), Path(path)))
     pipe.send("ready")
     cpu = time.process_time()
@@ -241,13 +244,13 @@ def run_receiver(pipe: Connection, directory: str, size: int, offload: bool) -> 
     keep_freed_memory()
     sock = open_socket()
     pipe.send(sock.getsockname())
-    transfer_id, peer = pipe.recv()
+    transfer_id, key, peer = pipe.recv()
     loop = TransferLoop(sock, offload=offload)
     # Three quarters of what the kernel granted: room for ACKs of our own outgoing transfers.
     window = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) * 3 // 4
     fd, temp = tempfile.mkstemp(dir=directory, prefix=".tessenger-", suffix=".part")
     started, cpu = time.monotonic(), time.process_time()
-    receiver = Receiver(transfer_id, size, started, window=window)
+    receiver = Receiver(transfer_id, size, started, window=window, key=key)
     loop.add(Transfer(receiver, peer, io.FileIO(fd, "wb"), Path(directory) / "received", temp=Path(temp)))
     loop.run(until_finished=True)
     (transfer,) = loop.finished
@@ -256,7 +259,7 @@ def run_receiver(pipe: Connection, directory: str, size: int, offload: bool) -> 
 
 
 def transfer_once(source: Path, target_dir: Path, datagram_size: int, data_loss: float,
-                  offload: bool = True, congestion_control: bool = True) -> dict[str, Any]:
+                  offload: bool = True, congestion_control: bool = True, mac: bool = True) -> dict[str, Any]:
     context = multiprocessing.get_context("fork")
     to_sender, sender_end = context.Pipe()
     to_receiver, receiver_end = context.Pipe()
@@ -268,10 +271,11 @@ def transfer_once(source: Path, target_dir: Path, datagram_size: int, data_loss:
     receiver.start()
     sender_address, receiver_address = to_sender.recv(), to_receiver.recv()
     transfer_id = os.urandom(16)
+    key = os.urandom(32) if mac else None
     # The presenter learns of the transfer first, so the audience's first HELLO finds it.
-    to_sender.send((transfer_id, receiver_address))
+    to_sender.send((transfer_id, key, receiver_address))
     to_sender.recv()
-    to_receiver.send((transfer_id, sender_address))
+    to_receiver.send((transfer_id, key, sender_address))
     sent, received = to_sender.recv(), to_receiver.recv()
     sender.join()
     receiver.join()
@@ -279,9 +283,9 @@ def transfer_once(source: Path, target_dir: Path, datagram_size: int, data_loss:
     # Intact: both sides say Completed and the copy is byte for byte the file.
     intact = sent["completed"] and received["completed"] and filecmp.cmp(source, copy, shallow=False)
     seconds = received["seconds"]
-    chunks = -(-size // (datagram_size - DATA_HEADER_SIZE))
+    chunks = -(-size // (datagram_size - DATA_HEADER_SIZE - (TAG_SIZE if mac else 0)))
     copy.unlink(missing_ok=True)
-    return {"datagram": datagram_size, "loss": data_loss, "bytes": size, "seconds": seconds,
+    return {"datagram": datagram_size, "loss": data_loss, "mac": mac, "bytes": size, "seconds": seconds,
             "MBps": size / seconds / 1e6, "intact": intact, "sender": sent["outcome"],
             "receiver": received["outcome"], "resent": sent["resent"], "chunks": chunks,
             "sender_cpu": sent["cpu"], "receiver_cpu": received["cpu"],
@@ -307,11 +311,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="also write every run here")
     parser.add_argument("--no-offload", dest="offload", action="store_false",
                         help="one system call per datagram both ways (no UDP GSO/GRO), for comparison")
+    parser.add_argument("--mac", choices=("on", "off", "both"), default="both",
+                        help="authenticate every datagram (on, as the client does), not (off), or run "
+                             "each case both ways and show the ratio (default)")
     args = parser.parse_args(argv)
     size = (args.mib or (8 if args.quick else 100)) * 1024 * 1024
     default = datagram_size_for("127.0.0.1")
-    cases = [("default datagram", default, 0.0, 400.0), ("1,400-byte datagrams", 1400, 0.0, 100.0),
-             ("default, 10% DATA loss", default, 0.10, None)]
+    macs = {"on": [True], "off": [False], "both": [True, False]}[args.mac]
+    cases = [(name, f"{name}{', MAC' if mac else ', no MAC'}", datagram, loss, target, mac)
+             for name, datagram, loss, target in [
+                 ("default datagram", default, 0.0, 400.0), ("1,400-byte datagrams", 1400, 0.0, 100.0),
+                 ("default, 10% DATA loss", default, 0.10, None)]
+             for mac in macs]
     results = []
     with tempfile.TemporaryDirectory() as sending, tempfile.TemporaryDirectory() as receiving:
         source = Path(sending) / "video.bin"
@@ -319,24 +330,31 @@ def main(argv: list[str]) -> int:
         ceilings = {d: blast(size, d, offload=args.offload)["recv_MBps"] for d in sorted({default, 1400})}
         print(f"{size / 2**20:.0f} MiB on loopback, {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.2f} before; MB = 10^6 bytes; CPU = seconds each side spent on it")
-        print(f"{'case':<24} {'datagram':>8} {'MB/s':>7} {'best':>6} {'ceiling':>8} {'ratio':>6} {'target':>7} "
+        print(f"{'case':<32} {'datagram':>8} {'MB/s':>7} {'best':>6} {'ceiling':>8} {'ratio':>6} {'target':>7} "
               f"{'resent':>7} {'CPU s/r':>10}  result")
-        for name, datagram, loss, target in cases:
+        medians: dict[tuple[str, bool], float] = {}
+        for base, name, datagram, loss, target, mac in cases:
             runs = []
             for _ in range(args.repeat):
-                run = transfer_once(source, Path(receiving), datagram, loss, args.offload)
+                run = transfer_once(source, Path(receiving), datagram, loss, args.offload, mac=mac)
                 run.update(case=name, ceiling_MBps=ceilings[datagram], target_MBps=target)
                 runs.append(run)
             results += runs
             median = sorted(runs, key=lambda r: r["MBps"])[len(runs) // 2]
+            medians[base, mac] = median["MBps"]
             best = max(r["MBps"] for r in runs)
             intact = all(r["intact"] and not r["leftovers"] for r in runs)
             met = "" if target is None else ("met" if median["MBps"] >= target else "MISSED")
-            print(f"{name:<24} {datagram:>8} {median['MBps']:>7.0f} {best:>6.0f} {median['ceiling_MBps']:>8.0f} "
+            print(f"{name:<32} {datagram:>8} {median['MBps']:>7.0f} {best:>6.0f} {median['ceiling_MBps']:>8.0f} "
                   f"{median['MBps'] / median['ceiling_MBps']:>6.2f} {target or '':>7} "
                   f"{median['resent'] / median['chunks']:>7.1%} "
                   f"{median['sender_cpu']:>4.2f}/{median['receiver_cpu']:<4.2f}  "
                   f"{'intact' if intact else 'NOT INTACT'} {met} ({median['seconds']:.2f} s)")
+        for base, *_ in cases:
+            if (base, True) in medians and (base, False) in medians:
+                print(f"MAC cost, {base}: {medians[base, True]:.0f} / {medians[base, False]:.0f} MB/s = "
+                      f"{medians[base, True] / medians[base, False]:.2f} x (target >= 0.85)")
+                del medians[base, True]
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0 if all(r["intact"] and not r["leftovers"] for r in results) else 1

@@ -28,7 +28,7 @@ from .framing import DEFAULT_MAX_FRAME
 from .messages import (
     ActiveUser, Bye, CheckUser, Code, CreateGroup, Error, GroupInvite, GroupMessage, GroupMsg,
     GroupVideo, JoinGroup, Login, Logout, Message, MsgTo, P2PVideo, PrivateMessage, Request,
-    SchemaError, TransferOffer, TransferReady, UserOk, Welcome, encode, requests, valid_name,
+    SchemaError, TransferEnded, TransferOffer, TransferReady, UserOk, Welcome, encode, requests, valid_name,
 )
 
 LOGOUT_WAIT = 2.0  # seconds to wait for the server's ``bye`` before leaving anyway
@@ -91,6 +91,7 @@ class Upload:
     ready: TransferReady
     size: int
     group: str | None = None
+    cancelled: bool = False  # the user left before the reply came: tell each audience (ABORT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,13 @@ class Download:
     """The server announced a file coming to us."""
 
     offer: TransferOffer
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The server says the other side of a transfer left: stop it now."""
+
+    ended: TransferEnded
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +128,7 @@ class Status:
     text: str | None
 
 
-Effect = Union[Send, Print, Ask, Exit, Upload, Download, Datagrams, Status, Connect]
+Effect = Union[Send, Print, Ask, Exit, Upload, Download, Ended, Datagrams, Status, Connect]
 
 
 class Transfers(Protocol):
@@ -136,6 +144,8 @@ class Transfers(Protocol):
     def upload(self, request: Upload, now: float) -> list[Effect]: ...
 
     def download(self, offer: TransferOffer, now: float) -> list[Effect]: ...
+
+    def ended(self, message: TransferEnded, now: float) -> list[Effect]: ...
 
     def datagram(self, data: bytes, address: Address, now: float) -> list[Effect]: ...
 
@@ -167,7 +177,7 @@ _PROMPTS = {
     State.USERNAME: Prompt.USERNAME, State.PASSWORD: Prompt.PASSWORD, State.READY: Prompt.COMMAND,
     State.RECONNECTING: Prompt.COMMAND,  # what is typed gets an error (or /help, /logout)
 }
-_PUSHES = (PrivateMessage, GroupMessage, GroupInvite, TransferOffer)
+_PUSHES = (PrivateMessage, GroupMessage, GroupInvite, TransferOffer, TransferEnded)
 
 
 class ClientSession:
@@ -250,6 +260,8 @@ class ClientSession:
         if isinstance(message, _PUSHES):
             if isinstance(message, TransferOffer):
                 return [Download(message)]
+            if isinstance(message, TransferEnded):
+                return [Ended(message)]
             return self._print(render.lines(message))
         if isinstance(message, Error) and message.code == Code.PROTOCOL:
             return self._exit(1, message.text)  # the server closes the connection after it
@@ -459,14 +471,16 @@ class ClientSession:
 
     def _reply(self, message: Message, now: float) -> list[Effect]:
         effects = self._print(render.lines(message))
-        if self.state is State.LEAVING:
-            if isinstance(message, Bye):
-                effects += self._exit(0)
-            return effects  # a reply to a command still in flight: shown, nothing started
         command = self._command
         if isinstance(message, TransferReady) and isinstance(command, (commands.P2PVideo, commands.GroupVideo)):
             group = command.group if isinstance(command, commands.GroupVideo) else None
-            effects.append(Upload(command.path, message, self._file_size, group))
+            # After Ctrl-C the audience was offered the file all the same: it is told at once
+            effects.append(Upload(command.path, message, self._file_size, group,
+                                  cancelled=self.state is State.LEAVING))
+        if self.state is State.LEAVING:
+            if isinstance(message, Bye):
+                effects += self._exit(0)
+            return effects  # a reply to a command still in flight: shown, nothing else started
         if self.state is State.BUSY:
             self._replies_due -= 1
             if self._replies_due == 0:

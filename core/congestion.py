@@ -21,7 +21,10 @@ the minimum is measured again).
 Loss alone does not slow it: random loss leaves the delivery rate as it was. A round trip
 (or as many as make 50 datagrams) that loses more than 2% of its datagrams, and at least
 four, which is what a full queue does,
-caps the data in flight at 0.7 times what was in flight then (``inflight_hi``, as in BBRv2);
+caps the data in flight at 0.7 times what was in flight then (``inflight_hi``, as in BBRv2),
+never below the estimated BDP: a cluster of random losses early in Startup must not leave the
+flow stuck below the link rate (the queue a full link builds sits above the BDP, so the cut
+still drains it);
 the cap grows back by a datagram each clean round trip (as TCP's window does, so flows that
 share a full queue converge), and is lifted once it is far above the BDP.
 
@@ -221,7 +224,7 @@ class Controller:
         size = self.datagram_size
         if delivered + lost >= LOSS_EPOCH_DATAGRAMS * size:
             if lost >= LOSS_MIN_DATAGRAMS * size and lost > LOSS_THRESHOLD * (delivered + lost):
-                self.inflight_hi = max(MIN_WINDOW * size, LOSS_BACKOFF * min(self.inflight_hi, inflight + lost))
+                self.inflight_hi = max(MIN_WINDOW * size, self.bdp(), LOSS_BACKOFF * min(self.inflight_hi, inflight + lost))
                 self._filled_pipe = True  # a queue overflowed: Startup has found the limit
             self._epoch_delivered_at_start = self.delivered
             self._epoch_lost = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 
 HEADER = struct.Struct("!I")
+_HEAD = HEADER.size
 DEFAULT_MAX_FRAME = 64 * 1024
 
 
@@ -48,46 +49,68 @@ class FrameDecoder:
         lost its framing.
         """
         self.append(data)
-        frames: list[bytes] = []
-        try:
-            while (payload := self.next_frame()) is not None:
-                frames.append(payload)
-        except FrameError as exc:
-            raise FrameError(str(exc), frames) from None
+        frames = self.take(len(self._buffer))  # more than there can be
+        if self.ready:  # take stopped before a header announcing too much: the error
+            try:
+                self.take(1)
+            except FrameError as exc:
+                raise FrameError(str(exc), frames) from None
         return frames
 
     def append(self, data: bytes) -> None:
-        """Add ``data`` without parsing it: ``next_frame`` takes the frames out one by one."""
+        """Add ``data`` without parsing it: ``take`` takes the frames out."""
         self._buffer += data
 
-    def next_frame(self) -> bytes | None:
-        """The next complete frame, or None until more bytes arrive.
+    def take(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` complete frames, in order; fewer when the bytes run out.
 
-        Raises FrameError when the next header announces more than ``max_frame`` bytes, and
-        only then: every frame before it has come out. Taken one at a time, frames may be
-        judged by a ``max_frame`` that changes between them (a server allows bigger ones
-        once a connection has logged in).
+        A header announcing more than ``max_frame`` bytes stops the batch before it, and
+        raises FrameError when it comes first: every frame before it has come out. So frames
+        may be judged by a ``max_frame`` that changes between calls (a server allows bigger
+        ones once a connection has logged in): a frame is judged by the limit of the call
+        that reaches it.
         """
         buffer = self._buffer
         start = self._start
         end = len(buffer)
-        if end - start < HEADER.size:
-            return None
-        (length,) = HEADER.unpack_from(buffer, start)
-        if length > self.max_frame:
-            raise FrameError(f"frame of {length} bytes exceeds the limit of {self.max_frame}")
-        body_end = start + HEADER.size + length
-        if body_end > end:
-            return None
-        payload = bytes(buffer[start + HEADER.size : body_end])
-        if body_end == end:
+        max_frame = self.max_frame
+        unpack = HEADER.unpack_from
+        frames: list[bytes] = []
+        while end - start >= _HEAD and len(frames) < limit:
+            (length,) = unpack(buffer, start)
+            if length > max_frame:
+                if frames:
+                    break
+                raise FrameError(f"frame of {length} bytes exceeds the limit of {max_frame}")
+            body_end = start + _HEAD + length
+            if body_end > end:
+                break
+            frames.append(bytes(buffer[start + _HEAD : body_end]))
+            start = body_end
+        if start == end:
             buffer.clear()
-            body_end = 0
-        elif body_end > 65536:  # compacting lazily keeps a run of small frames linear
-            del buffer[:body_end]
-            body_end = 0
-        self._start = body_end
-        return payload
+            start = 0
+        elif start > 65536:  # compacting lazily keeps a run of small frames linear
+            del buffer[:start]
+            start = 0
+        self._start = start
+        return frames
+
+    def unread(self, frames: list[bytes]) -> None:
+        """Put back ``frames``, the last ones ``take`` returned, to be taken again first
+        (a server that stops handling a connection midway through a batch)."""
+        if frames:
+            self._buffer[self._start:self._start] = b"".join([encode(frame) for frame in frames])
+
+    @property
+    def ready(self) -> bool:
+        """Whether ``take`` would now return a frame or raise."""
+        start = self._start
+        end = len(self._buffer)
+        if end - start < _HEAD:
+            return False
+        (length,) = HEADER.unpack_from(self._buffer, start)
+        return length > self.max_frame or start + _HEAD + length <= end
 
     @property
     def buffered(self) -> int:

@@ -76,8 +76,9 @@ def _visible(char: str) -> bool:
 
 def valid_name(name: str) -> bool:
     """A username or group name as it may appear on the wire: one printable word."""
-    # split() finds any white space at C speed: a word is its only piece
-    return 0 < len(name) <= MAX_NAME and name.isprintable() and name.split() == [name]
+    # isprintable() refuses every white space character but the ASCII space (Python's
+    # definition of printable), so excluding " " leaves one word
+    return 0 < len(name) <= MAX_NAME and name.isprintable() and " " not in name
 
 
 def valid_password(password: str) -> bool:
@@ -121,6 +122,14 @@ def _valid_transfer_id(text: str) -> bool:
     return len(text) == 32 and not text.strip("0123456789abcdef")
 
 
+class TransferKey(str):
+    """Marker: 64 lower-case hex digits (32 random bytes): a transfer's MAC key."""
+
+
+def _valid_transfer_key(text: str) -> bool:
+    return len(text) == 64 and not text.strip("0123456789abcdef")
+
+
 def _port_reason(number: int) -> str:
     return " must be a non-negative integer" if number < 0 else " must be a port number"
 
@@ -144,6 +153,7 @@ _SCALARS: dict[type, tuple[type, Callable[[Any], bool], Callable[[Any], str]]] =
     Text: (str, lambda text: valid_text(text) is None, lambda text: f": {valid_text(text)}"),
     FileName: (str, valid_filename, _reason(" must be a plain file name")),
     TransferId: (str, _valid_transfer_id, _reason(" must be 32 lower-case hex digits")),
+    TransferKey: (str, _valid_transfer_key, _reason(" must be 64 lower-case hex digits")),
 }
 _TYPE_NAMES = {str: "a string", int: "a non-negative integer"}
 
@@ -349,12 +359,14 @@ class Bye(Message):
 
 @dataclass(slots=True)
 class TransferTarget(Record):
-    """Where to send one transfer: the audience's UDP address and the transfer's id."""
+    """Where to send one transfer: the audience's UDP address, the transfer's id and the key
+    that authenticates its every datagram."""
 
     audience: Name
     ip: str
     udp_port: Port
     transfer_id: TransferId
+    key: TransferKey
 
 
 @dataclass(slots=True)
@@ -377,6 +389,17 @@ class TransferOffer(Message):
     ip: str
     udp_port: Port
     transfer_id: TransferId
+    key: TransferKey
+
+
+@dataclass(slots=True)
+class TransferEnded(Message):
+    """Push to a transfer's other side: ``username`` left (logged out or dropped), so the
+    transfer ``transfer_id`` can stop now rather than wait for silence."""
+
+    TYPE: ClassVar[str] = "transfer_ended"
+    transfer_id: TransferId
+    username: Name
 
 
 REQUESTS: tuple[type[Message], ...] = (
@@ -385,7 +408,7 @@ REQUESTS: tuple[type[Message], ...] = (
 )
 REPLIES: tuple[type[Message], ...] = (
     UserOk, Welcome, Error, MsgSent, PrivateMessage, ActiveUsers, GroupCreated, GroupInvite,
-    GroupJoined, GroupSent, GroupMessage, Bye, TransferReady, TransferOffer,
+    GroupJoined, GroupSent, GroupMessage, Bye, TransferReady, TransferOffer, TransferEnded,
 )
 Request = Union[
     CheckUser, Login, MsgTo, ActiveUser, CreateGroup, JoinGroup, GroupMsg, Logout, P2PVideo,
@@ -395,35 +418,61 @@ Request = Union[
 
 # --- codec -------------------------------------------------------------------------------
 
-# Each message class gets its decoder and its encoder built once, from its type hints, at
-# import. Both run for every message the relay forwards, so neither looks at a type, builds a
-# label or walks ``fields()`` per message.
+# Each message class gets its validator and its encoder written once, at import, as Python
+# source specialised to the class's fields and compiled with ``exec`` (as ``dataclasses``
+# writes ``__init__``): both run for every message the relay forwards, so neither loops over
+# fields, looks at a type annotation or builds a label per message. The source is made only
+# from field names (identifiers) and the names bound in its namespace, never from input.
 
 Check = Callable[[Any], Any]
+
+
+def _compile(source: str, namespace: dict[str, Any]) -> Callable[[Any], Any]:
+    """The one function ``source`` defines, with ``namespace`` as its globals."""
+    code = compile(source, f"<codec {namespace.get('__name__', '')}>", "exec")
+    exec(code, namespace)  # noqa: S102 -- generated from the schema, see above
+    (function,) = [v for k, v in namespace.items() if k.startswith("generated_")]
+    return function
+
+
+def _is_scalar(annotation: Any) -> bool:
+    return annotation in _SCALARS
 
 
 def _checker(annotation: Any, label: str) -> Check:
     """The validator of one field (named ``label`` in errors), from its type annotation."""
     if get_origin(annotation) is list:
-        (item,) = get_args(annotation)
-        check_item = _checker(item, label)
-
-        # Lists of names are what a user types (receivers, members) and are capped; lists
-        # of records are the server's listings (active users, targets) and are bounded
-        # only by the frame size, so 10,000 active users still fit one reply.
-        limit = None if issubclass(item, Record) else MAX_LIST
-
-        def check_list(value: Any) -> list[Any]:
-            if not isinstance(value, list):
-                raise SchemaError(f"{label} must be a list")
-            if limit is not None and len(value) > limit:
-                raise SchemaError(f"{label} must have at most {limit} items")
-            return list(map(check_item, value))
-
-        return check_list
+        return _list_checker(get_args(annotation)[0], label)
     if isinstance(annotation, type) and issubclass(annotation, Record):
         return _object_checker(annotation, label)
     return _scalar_checker(annotation, label)
+
+
+def _list_checker(item: Any, label: str) -> Check:
+    # Lists of names are what a user types (receivers, members) and are capped; lists of
+    # records are the server's listings (active users, targets) and are bounded only by the
+    # frame size, so 10,000 active users still fit one reply.
+    check_item = _checker(item, label)
+    if not _is_scalar(item):
+        def check_records(value: Any) -> list[Any]:
+            if not isinstance(value, list):
+                raise SchemaError(f"{label} must be a list")
+            return list(map(check_item, value))
+
+        return check_records
+    kind, valid, _ = _SCALARS[item]
+
+    def check_list(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise SchemaError(f"{label} must be a list")
+        if len(value) > MAX_LIST:
+            raise SchemaError(f"{label} must have at most {MAX_LIST} items")
+        for entry in value:  # a scalar comes out as it went in: the list is the checked value
+            if type(entry) is not kind or not valid(entry):
+                check_item(entry)  # raises, saying why
+        return value
+
+    return check_list
 
 
 def _scalar_checker(annotation: type, label: str) -> Check:
@@ -439,19 +488,48 @@ def _scalar_checker(annotation: type, label: str) -> Check:
 
 
 def _object_checker(cls: type, label: str) -> Check:
-    """The validator of a JSON object holding the fields of ``cls``; returns a ``cls``."""
+    """The validator of a JSON object holding the fields of ``cls``; returns a ``cls``.
+
+    For ``MsgTo`` it reads::
+
+        def generated_check(obj):
+            if not isinstance(obj, dict):
+                raise SchemaError(not_object)
+            try:
+                v0 = obj['receivers']
+                v1 = obj['text']
+            except KeyError as exc:
+                raise SchemaError(missing.format(exc.args[0])) from None
+            if type(v1) is not kind1 or not valid1(v1):
+                explain1(v1)
+            return cls(check0(v0), v1)
+    """
     hints = get_type_hints(cls)
-    plan = [(f.name, _checker(hints[f.name], f"{label}.{f.name}")) for f in fields(cls)]
-
-    def check_object(obj: Any) -> Any:
-        if not isinstance(obj, dict):
-            raise SchemaError(f"{label} must be an object")
-        try:
-            return cls(*[check(obj[name]) for name, check in plan])
-        except KeyError as exc:  # only obj[name] raises it: the checks index nothing
-            raise SchemaError(f"{label}: missing field '{exc.args[0]}'") from None
-
-    return check_object
+    names = [f.name for f in fields(cls)]
+    namespace: dict[str, Any] = {"__name__": label, "cls": cls, "SchemaError": SchemaError,
+                                 "not_object": f"{label} must be an object",
+                                 "missing": f"{label}: missing field '{{}}'"}
+    body = ["def generated_check(obj):",
+            "    if not isinstance(obj, dict):",
+            "        raise SchemaError(not_object)"]
+    if names:
+        body.append("    try:")
+        body += [f"        v{i} = obj[{name!r}]" for i, name in enumerate(names)]
+        body += ["    except KeyError as exc:  # only obj[name] raises it: the checks index nothing",
+                 "        raise SchemaError(missing.format(exc.args[0])) from None"]
+    arguments = []
+    for i, name in enumerate(names):
+        annotation = hints[name]
+        if _is_scalar(annotation):  # checked inline; the checker is called only to explain a refusal
+            namespace[f"kind{i}"], namespace[f"valid{i}"], _ = _SCALARS[annotation]
+            namespace[f"explain{i}"] = _scalar_checker(annotation, f"{label}.{name}")
+            body += [f"    if type(v{i}) is not kind{i} or not valid{i}(v{i}):", f"        explain{i}(v{i})"]
+            arguments.append(f"v{i}")
+        else:
+            namespace[f"check{i}"] = _checker(annotation, f"{label}.{name}")
+            arguments.append(f"check{i}(v{i})")
+    body.append(f"    return cls({', '.join(arguments)})")
+    return _compile("\n".join(body) + "\n", namespace)
 
 
 Encoder = Callable[[Any], str]
@@ -471,22 +549,25 @@ def _encoder(annotation: Any) -> Encoder:
 
 
 def _object_encoder(cls: type, kind: str | None = None) -> Encoder:
-    """Encode a ``cls`` as a JSON object with a ``type`` member ``kind`` first, if given."""
+    """Encode a ``cls`` as a JSON object with a ``type`` member ``kind`` first, if given.
+
+    For ``MsgSent`` it reads (one f-string, no loop)::
+
+        def generated_encode(value):
+            return f'{{"type":"msg_sent","receiver":{convert0(value.receiver)},"timestamp":{convert1(value.timestamp)}}}'
+    """
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
-    head = [f'"type":{encode_basestring(kind)}'] if kind is not None else []
-    if not names:
-        constant = "{" + ",".join(head) + "}"
-        return lambda value: constant
-    template = "{" + ",".join([m.replace("%", "%%") for m in head] + [f'"{n}":%s' for n in names]) + "}"
-    converters = [_encoder(hints[name]) for name in names]
-    get = attrgetter(*names) if len(names) > 1 else lambda value: (getattr(value, names[0]),)
-    if all(c is encode_basestring for c in converters):  # the relay's messages: strings only
-        return lambda value: template % tuple(map(encode_basestring, get(value)))
-    return lambda value: template % tuple([convert(v) for convert, v in zip(converters, get(value))])
+    members = [f'"type":{encode_basestring(kind)}'] if kind is not None else []
+    members += [f'"{name}":{{convert{i}(value.{name})}}' for i, name in enumerate(names)]
+    text = "{{" + ",".join(members) + "}}"
+    assert "'" not in text and "\\" not in text  # names and types are identifiers
+    namespace: dict[str, Any] = {"__name__": cls.__name__}
+    namespace.update((f"convert{i}", _encoder(hints[name])) for i, name in enumerate(names))
+    return _compile(f"def generated_encode(value):\n    return f'{text}'\n", namespace)
 
 
-_DECODER = json.JSONDecoder()
+_SCAN = json.JSONDecoder().scan_once  # (text, index) -> (value, end); StopIteration if no value
 _JSON_SPACE = " \t\n\r"  # the white space JSON allows around a value
 
 
@@ -500,20 +581,21 @@ class Codec:
         """Parse and validate one payload; SchemaError says why it is not a message."""
         try:
             # decode strictly first: json.loads(bytes) would also take UTF-16/32 and a BOM,
-            # and let encoded surrogates through ("surrogatepass"). raw_decode is json.loads
-            # without its two regular-expression scans for white space, half its cost here.
+            # and let encoded surrogates through ("surrogatepass"). scan_once is json.loads
+            # without its two regular-expression scans for white space (half its cost here)
+            # and without raw_decode's wrapper, which only turns StopIteration into an error.
             text = payload.decode("utf-8").strip(_JSON_SPACE)
-            obj, end = _DECODER.raw_decode(text)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            obj, end = _SCAN(text, 0)
+        except (UnicodeDecodeError, ValueError, StopIteration, RecursionError) as exc:
             raise SchemaError("payload is not UTF-8 JSON") from exc
         if end != len(text):
             raise SchemaError("payload is not UTF-8 JSON: extra data after the value")
-        if not isinstance(obj, dict):
-            raise SchemaError("payload must be a JSON object")
-        kind = obj.get("type")
-        check = self._by_type.get(kind) if isinstance(kind, str) else None
-        if check is None:
-            raise SchemaError(f"unknown message type {kind!r}"[:200])
+        try:  # a list or a string has no "type" either; an unhashable one is no known type
+            check = self._by_type[obj["type"]]
+        except (TypeError, KeyError):
+            if not isinstance(obj, dict):
+                raise SchemaError("payload must be a JSON object") from None
+            raise SchemaError(f"unknown message type {obj.get('type')!r}"[:200]) from None
         return check(obj)
 
 

@@ -9,15 +9,16 @@ acknowledged" holds without the rules knowing about files.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Union
 
 from . import logformat, passwords
+from .logformat import MESSAGELOG, message_line
 from .login_throttle import LoginThrottle
 from .messages import (
     ActiveUser, Code, ActiveUserEntry, ActiveUsers, Bye, CheckUser, CreateGroup, Error, GroupCreated,
     GroupInvite, GroupJoined, GroupMessage, GroupMsg, GroupSent, GroupVideo, JoinGroup, Login,
-    Logout, Message, MsgSent, MsgTo, P2PVideo, PrivateMessage, Request, TransferOffer,
+    Logout, Message, MsgSent, MsgTo, P2PVideo, PrivateMessage, Request, TransferEnded, TransferOffer,
     TransferReady, TransferTarget, UserOk, Welcome, valid_name, valid_password,
 )
 
@@ -84,6 +85,9 @@ class Session:
     since: str = ""
     userlog_entry: str = ""  # its userlog.txt line but for the SEQ
     held: Login | None = None  # a login waiting for its address's turn (see Hold)
+    # The latest transfers this user takes part in (id -> the other side's connection), so
+    # the other side hears at once when this user leaves; oldest forgotten beyond a bound.
+    transfers: dict[str, ConnId] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -138,6 +142,16 @@ def unusable_accounts(accounts: dict[str, str]) -> list[str]:
     return problems
 
 
+MAX_REMEMBERED_TRANSFERS = 64  # per user (bounded memory): one older than its 64 successors is over
+
+
+def _remember_transfer(session: Session, transfer_id: str, other: ConnId) -> None:
+    transfers = session.transfers
+    transfers[transfer_id] = other
+    if len(transfers) > MAX_REMEMBERED_TRANSFERS:
+        del transfers[next(iter(transfers))]
+
+
 def _error(conn: ConnId, text: str, code: str = Code.COMMAND) -> Send:
     return Send((conn,), Error(code, text))
 
@@ -153,6 +167,7 @@ class Chat:
         block_seconds: float = DEFAULT_BLOCK_SECONDS,
         history: dict[str, int] | None = None,
         new_transfer_id: Callable[[], str] = lambda: secrets.token_hex(16),
+        new_transfer_key: Callable[[], str] = lambda: secrets.token_hex(32),
         login_throttle: LoginThrottle | None = None,
         max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER,
         max_groups: int = DEFAULT_MAX_GROUPS,
@@ -168,6 +183,7 @@ class Chat:
         self._history = dict(history or {})
         self.messages = self._history.get(logformat.MESSAGELOG, 0)
         self._new_transfer_id = new_transfer_id
+        self._new_transfer_key = new_transfer_key
         self.sessions: dict[ConnId, Session] = {}
         self.active: dict[str, Session] = {}  # insertion order is login order
         self.failures: dict[str, int] = {}
@@ -188,7 +204,7 @@ class Chat:
             return []
         del self.active[session.username]
         self.presence_version += 1
-        return [Announce(f"{session.username} logout")]
+        return [*self._end_transfers(session), Announce(f"{session.username} logout")]
 
     def handle(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
         """The effects of one request: never none, and a ``Close`` only ever as the last."""
@@ -289,19 +305,20 @@ class Chat:
         if not request.receivers:
             return [_error(session.conn, "Error. Usage: /msgto USERNAME MESSAGE")]
         sender = session.username
+        to_sender = (session.conn,)
         text = request.text
         timestamp = self.clock.timestamp(now)
         effects: list[Effect] = []
         for receiver in dict.fromkeys(request.receivers):  # each receiver once, in order
-            problem = self._user_problem(receiver, "Error. {} is not active.")
-            if problem:
-                effects.append(_error(session.conn, problem))
+            target = self.active.get(receiver)
+            if target is None:
+                effects.append(_error(session.conn, self._user_problem(receiver, "Error. {} is not active.")))
                 continue
             self.messages += 1
             effects += (
-                Append(logformat.MESSAGELOG, logformat.message_line(self.messages, timestamp, receiver, text)),
-                Send((self.active[receiver].conn,), PrivateMessage(sender, text, timestamp)),
-                Send((session.conn,), MsgSent(receiver, timestamp)),
+                Append(MESSAGELOG, message_line(self.messages, timestamp, receiver, text)),
+                Send((target.conn,), PrivateMessage(sender, text, timestamp)),
+                Send(to_sender, MsgSent(receiver, timestamp)),
                 Announce(f'{sender} message to {receiver} "{text}" at {timestamp}.'),
             )
         return effects
@@ -408,9 +425,13 @@ class Chat:
         targets = []
         for member in audience:
             transfer_id = self._new_transfer_id()
-            targets.append(TransferTarget(member.username, member.ip, member.udp_port, transfer_id))
-            offer = TransferOffer(presenter.username, filename, size, presenter.ip, presenter.udp_port, transfer_id)
+            key = self._new_transfer_key()  # fresh per transfer: another's datagrams never verify
+            targets.append(TransferTarget(member.username, member.ip, member.udp_port, transfer_id, key))
+            offer = TransferOffer(presenter.username, filename, size, presenter.ip, presenter.udp_port,
+                                  transfer_id, key)
             effects.append(Send((member.conn,), offer))
+            _remember_transfer(presenter, transfer_id, member.conn)
+            _remember_transfer(member, transfer_id, presenter.conn)
             effects.append(Announce(f"{presenter.username} is sending {filename} ({size} bytes) to {member.username}."))
         effects.insert(0, Send((presenter.conn,), TransferReady(filename, targets)))
         return effects
@@ -428,6 +449,16 @@ class Chat:
         if isinstance(group, str):
             return [_error(session.conn, group)]
         return self._offer(session, self._audience(group, session.username), request.filename, request.size)
+
+    def _end_transfers(self, session: Session) -> list[Effect]:
+        """``session`` is leaving: tell the other side of each of its recent transfers."""
+        effects: list[Effect] = []
+        for transfer_id, other_conn in session.transfers.items():
+            other = self.sessions.get(other_conn)
+            if other is not None and other.transfers.pop(transfer_id, None) is not None:
+                effects.append(Send((other_conn,), TransferEnded(transfer_id, session.username)))
+        session.transfers.clear()
+        return effects
 
     # --- presence ------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import ipaddress
 from bisect import bisect_right
 from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, Sequence, TypeVar, Union
+from typing import Any, Generic, Sequence, TypeVar, Union
 
 from core import transfer_wire as wire
 from core.congestion import Controller, SendState
@@ -56,6 +56,9 @@ LOOPBACK_DATAGRAM_SIZE = wire.MAX_DATAGRAM
 ETHERNET_DATAGRAM_SIZE = 1_472
 MIN_DATAGRAM_SIZE = wire.DATA_HEADER_SIZE + 64  # smaller chunks only multiply per-datagram cost
 DEFAULT_WINDOW = 6 * 1024 * 1024
+# Whatever window a receiver advertises, a sender keeps at most this many bytes of DATA
+# datagrams for resending (without it, a hostile HELLO could pin 8,192 x 64 KiB = 550 MB).
+DEFAULT_MAX_IN_FLIGHT = 64 * 1024 * 1024
 GIVE_UP = 10.0
 MIN_RTO = 0.03
 INITIAL_RTO = 0.2
@@ -162,12 +165,16 @@ class _Endpoint(Generic[_Event]):
     sender has nothing to answer and is closed at once.)
     """
 
-    def __init__(self, transfer_id: bytes, now: float, give_up: float) -> None:
+    def __init__(self, transfer_id: bytes, now: float, give_up: float, key: bytes | None) -> None:
         if len(transfer_id) != wire.TRANSFER_ID_SIZE:
             raise ValueError(f"a transfer id has {wire.TRANSFER_ID_SIZE} bytes, not {len(transfer_id)}")
         if give_up <= 0:
             raise ValueError("give_up must be positive")
         self.transfer_id = bytes(transfer_id)
+        # Keyed: every datagram out carries a tag, every datagram in without the right one is
+        # dropped before anything else looks at it. Unkeyed (None) only for benchmarks/tests.
+        self._mac = wire.Mac(key) if key is not None else None
+        self._tag = wire.TAG_SIZE if key is not None else 0
         self.state = State.SETUP
         self.closed = False
         self._over = False  # Completed or Failed: only lingering is left
@@ -197,13 +204,32 @@ class _Endpoint(Generic[_Event]):
         self._events = []
         return events
 
-    def abort(self, reason: str, now: float) -> None:
-        """Fail at the shell's request (file error, user left...) and tell the peer why."""
+    def abort(self, reason: str, now: float, *, tell_peer: bool = True) -> None:
+        """Fail at the shell's request (file error, user left...) and tell the peer why
+        (not when the server said the peer is gone)."""
         if not self._over:
-            self._fail(reason, now, tell_peer=True)
+            self._fail(reason, now, tell_peer=tell_peer)
+
+    def _seal(self, body: bytes) -> bytes:
+        return wire.seal(body, self._mac)
+
+    def _accepted(self, datagram: bytes, now: float) -> bytes | None:
+        """``datagram`` without its tag if it is this transfer's, authentic and still to be
+        acted on; None if it is to be ignored or was answered by lingering."""
+        if len(datagram) < _COMMON_SIZE or datagram[0] != _MAGIC or datagram[2:18] != self.transfer_id:
+            return None
+        mac = self._mac
+        if mac is not None:
+            if not mac.check(datagram):
+                return None
+            datagram = datagram[: -wire.TAG_SIZE]
+        if self._over:
+            self._linger(datagram[1], now)
+            return None
+        return datagram
 
     def _fail(self, reason: str, now: float, *, tell_peer: bool) -> None:
-        abort = wire.encode_abort(self.transfer_id, reason)
+        abort = self._seal(wire.encode_abort(self.transfer_id, reason))
         if tell_peer:
             self._out.append(abort)
         self._end(State.FAILED, Failed(wire.sanitize_reason(reason)), abort, now)
@@ -259,9 +285,11 @@ class Sender(_Endpoint[SenderEvent]):
         give_up: float = GIVE_UP,
         min_rto: float = MIN_RTO,
         max_rto: float = MAX_RTO,
+        key: bytes | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         congestion_control: bool = True,
     ) -> None:
-        super().__init__(transfer_id, now, give_up)
+        super().__init__(transfer_id, now, give_up, key)
         if size < 0:
             raise ValueError("size must not be negative")
         if not MIN_DATAGRAM_SIZE <= datagram_size <= wire.MAX_DATAGRAM:
@@ -269,6 +297,10 @@ class Sender(_Endpoint[SenderEvent]):
         self.size = size
         self.bytes_acked = 0
         self.resent = 0  # chunks sent again, for the curious
+        self.resumed = 0  # bytes the receiver held already (verified by their SHA-256): not sent
+        self._skip = 0  # bytes at the file's start to hash but not send (a resume)
+        self._prefix_digest = b""  # the receiver's SHA-256 of those bytes
+        self._max_in_flight = max_in_flight
         self._datagram_size = datagram_size
         self._min_rto = min_rto
         self._max_rto = max_rto
@@ -309,12 +341,23 @@ class Sender(_Endpoint[SenderEvent]):
         """How many more file bytes ``feed`` accepts now (0: window full, not started, or done)."""
         if self.state is not State.RUNNING:
             return 0
+        if self._fed < self._skip:
+            return self._skip - self._fed  # the part the receiver holds: hashed, not sent
         room = self._una + self._window - self._next
         if self.controller is not None and room > 0:
             room = min(room, self._paced_room(self.controller))
         if room <= 0:
             return 0
         return min(room * self._chunk - len(self._partial), self.size - self._fed)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of DATA datagrams kept for resending (at most ``max_in_flight``)."""
+        return len(self._store) * (self._chunk + _HEADER + self._tag)
+
+    def payload_within(self, held: int) -> int:
+        """File bytes whose DATA datagrams take at most ``held`` bytes."""
+        return max(0, held) // (self._chunk + _HEADER + self._tag) * self._chunk
 
     def feed(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Take the next ``len(data) <= want_data()`` bytes of the file and queue them as DATA.
@@ -331,10 +374,14 @@ class Sender(_Endpoint[SenderEvent]):
         self._hash.update(view)
         self._fed += length
         at_end = self._fed == self.size
+        if self._fed <= self._skip:
+            self._skipped(now)
+            return
         chunk = self._chunk
         pack = wire.DATA.pack
         magic = _MAGIC
         tid = self.transfer_id
+        mac = self._mac
         store = self._store
         out = self._out
         index = first = self._next
@@ -343,14 +390,22 @@ class Sender(_Endpoint[SenderEvent]):
             start = min(chunk - len(self._partial), length)
             self._partial += view[:start]
             if len(self._partial) == chunk or at_end:
-                datagram = pack(magic, _DATA, tid, index, chunk) + self._partial
+                header = pack(magic, _DATA, tid, index, chunk)
+                datagram = header + self._partial
+                if mac is not None:
+                    datagram += mac.tag(datagram)
                 store[index] = datagram
                 out.append(datagram)
                 index += 1
                 self._partial = b""
         end = length if at_end else start + (length - start) // chunk * chunk
         for offset in range(start, end, chunk):
-            datagram = pack(magic, _DATA, tid, index, chunk) + view[offset : offset + chunk]
+            header = pack(magic, _DATA, tid, index, chunk)
+            piece = view[offset : offset + chunk]
+            if mac is None:
+                datagram = header + piece
+            else:
+                datagram = b"".join((header, piece, mac.tag(header, piece)))
             store[index] = datagram
             out.append(datagram)
             index += 1
@@ -368,14 +423,27 @@ class Sender(_Endpoint[SenderEvent]):
         if at_end:
             self._send_fin(now)
 
-    def receive(self, datagram: bytes, now: float) -> None:
-        """Handle one datagram from the receiver; anything malformed or foreign is ignored."""
-        if len(datagram) < _COMMON_SIZE or datagram[0] != _MAGIC or datagram[2:18] != self.transfer_id:
+    def _skipped(self, now: float) -> None:
+        """Every byte fed so far is in the receiver's partial copy: once all of it is hashed,
+        its SHA-256 must be the one the receiver reported, or the copy is of another file."""
+        if self._fed < self._skip:
             return
+        if self._hash.copy().digest() != self._prefix_digest:
+            self._fail("the receiver's partial copy is not of this file; it is discarded, send again",
+                       now, tell_peer=True)
+            return
+        self.resumed = self.bytes_acked = self._skip
+        if self._fed == self.size:
+            self._send_fin(now)
+
+    def receive(self, datagram: bytes, now: float) -> None:
+        """Handle one datagram from the receiver; anything malformed, foreign or forged is ignored."""
+        accepted = self._accepted(datagram, now)
+        if accepted is None:
+            return
+        datagram = accepted
         kind = datagram[1]
-        if self._over:
-            self._linger(kind, now)
-        elif kind == _ACK:
+        if kind == _ACK:
             self._on_ack(datagram, now)
             if self.controller is not None:
                 self.controller.advance(now)
@@ -439,18 +507,24 @@ class Sender(_Endpoint[SenderEvent]):
         hello = wire.decode_hello(datagram)
         if hello is None or self.state is not State.SETUP:
             return  # a repeated HELLO (sent before our data reached the receiver) changes nothing
-        window, max_datagram = hello
+        window, max_datagram, resume, prefix_digest = hello
+        if resume > self.size:
+            self._fail(f"the receiver claims {resume} bytes of a {self.size}-byte file", now, tell_peer=True)
+            return
         datagram_size = min(self._datagram_size, max_datagram)
         if datagram_size < MIN_DATAGRAM_SIZE:
             self._fail(f"the receiver accepts only {max_datagram}-byte datagrams", now, tell_peer=True)
             return
-        self._chunk = datagram_size - wire.DATA_HEADER_SIZE
+        self._chunk = datagram_size - wire.DATA_HEADER_SIZE - self._tag  # the tag is inside the size
         if -(-self.size // self._chunk) > _MAX_CHUNKS:
             self._fail("the file is too large for this datagram size", now, tell_peer=True)
             return
         # The window counts chunks from the first unacknowledged one, so everything in flight
         # (and everything the receiver may have to buffer out of order) fits its socket buffer.
-        self._window = max(1, min(window // footprint(datagram_size), MAX_WINDOW_CHUNKS))
+        # Never more than max_in_flight bytes kept for resending, whatever the receiver says.
+        self._window = max(1, min(window // footprint(datagram_size), MAX_WINDOW_CHUNKS,
+                                  self._max_in_flight // datagram_size))
+        self._skip, self._prefix_digest = resume, prefix_digest
         if self._congestion_control:
             seed = int.from_bytes(self.transfer_id[:4], "big")  # flows start their probing cycles apart
             self.controller = Controller(datagram_size, now, ack_delay=ACK_DELAY, seed=seed)
@@ -461,7 +535,7 @@ class Sender(_Endpoint[SenderEvent]):
 
     def _send_fin(self, now: float) -> None:
         self._digest = self._hash.digest()
-        self._fin = wire.encode_fin(self.transfer_id, self.size, self._digest)
+        self._fin = self._seal(wire.encode_fin(self.transfer_id, self.size, self._digest))
         self._out.append(self._fin)
         self._arm(now)
 
@@ -519,7 +593,7 @@ class Sender(_Endpoint[SenderEvent]):
                 del self._batch_state[:stale_batches]
             self._sacked >>= cumulative - una
             self._una = una = cumulative
-            self.bytes_acked = min(cumulative * self._chunk, self.size)
+            self.bytes_acked = self._skip + min(cumulative * self._chunk, self.size - self._skip)
             self._events.append(Progress(self.bytes_acked, self.size))
         self._sacked |= sack
         if progressed:
@@ -641,266 +715,11 @@ class Sender(_Endpoint[SenderEvent]):
         self._loss_deadline = None
 
 
-class Receiver(_Endpoint[ReceiverEvent]):
-    """The audience's side: receives ``expected_size`` bytes announced by the server.
+def __getattr__(name: str) -> Any:
+    """``Receiver``, the audience's side, lives in ``core.transfer_receiver`` (it needs the
+    names above); it is part of this module's interface all the same."""
+    if name == "Receiver":
+        from .transfer_receiver import Receiver
 
-    Sends HELLO at once and repeats it (backing off) until the sender's first datagram
-    arrives. ``window`` is how many bytes of the UDP socket's receive buffer this transfer
-    may fill, as the kernel counts them: give it about 3/4 of ``getsockopt(SO_RCVBUF)``
-    divided among concurrent incoming transfers. Data past ``expected_size`` (or an
-    announced size past ``max_size``) fails the transfer; so does silence from the sender
-    for ``give_up`` seconds. Pass each datagram as its own immutable ``bytes``: ``Data``
-    events are views into it.
-    """
-
-    def __init__(
-        self,
-        transfer_id: bytes,
-        expected_size: int,
-        now: float,
-        *,
-        max_size: int | None = None,
-        window: int = DEFAULT_WINDOW,
-        max_datagram: int = wire.MAX_DATAGRAM,
-        give_up: float = GIVE_UP,
-        ack_delay: float = ACK_DELAY,
-    ) -> None:
-        super().__init__(transfer_id, now, give_up)
-        if expected_size < 0:
-            raise ValueError("expected_size must not be negative")
-        if not MIN_DATAGRAM_SIZE <= max_datagram <= wire.MAX_DATAGRAM:
-            raise ValueError(f"max_datagram must be {MIN_DATAGRAM_SIZE}..{wire.MAX_DATAGRAM}")
-        self.size = expected_size
-        self._window = window
-        self._max_datagram = max_datagram
-        self._ack_delay = ack_delay
-        self._hash = hashlib.sha256()
-        self._chunk = 0  # learnt from the first DATA; every DATA must then agree
-        self._total = 0 if expected_size == 0 else -1  # chunks in the file, once chunk is known
-        self._whole = 0  # chunks 0 .. _whole - 1 are whole chunks; only the last may be shorter
-        # What every DATA of this transfer starts with: one startswith() checks magic, kind
-        # and transfer id at once, where the general path takes a slice and three compares.
-        self._data_prefix = bytes((_MAGIC, _DATA)) + self.transfer_id
-        self._window_chunks = 0  # how far beyond the first missing chunk data is buffered
-        self._ack_every = 1
-        self._cum = 0  # chunks delivered in order
-        self._held: dict[int, memoryview] = {}  # chunks received beyond a gap
-        self._held_bits = 0  # bit i: chunk cum + i is in _held
-        self._unacked = 0  # chunks received since the last ACK
-        self._trigger = wire.NO_CHUNK  # the latest chunk received, named in ACKs
-        self._ack_due: float | None = None
-        self._digest = b""  # from the FIN
-        self._chunks: list[memoryview] | None = None  # of the Data event being gathered
-        self._hello = wire.encode_hello(self.transfer_id, window, max_datagram)
-        self._hello_interval = HELLO_INTERVAL
-        self._hello_due = now + HELLO_INTERVAL
-        if max_size is not None and expected_size > max_size:
-            self._fail(f"the file ({expected_size} bytes) exceeds the limit of {max_size} bytes", now, tell_peer=True)
-        else:
-            self._out.append(self._hello)
-
-    @property
-    def bytes_received(self) -> int:
-        """Bytes delivered in order so far."""
-        return min(self._cum * self._chunk, self.size)
-
-    def events(self) -> list[ReceiverEvent]:
-        self._chunks = None  # the next delivery starts a new Data event
-        return super().events()
-
-    def receive(self, datagram: bytes, now: float) -> None:
-        """Handle one datagram from the sender; anything malformed or foreign is ignored."""
-        if datagram.startswith(self._data_prefix) and not self._over:
-            self._on_data(datagram, now)  # nearly every datagram: keep its path short
-            return
-        if len(datagram) < _COMMON_SIZE or datagram[0] != _MAGIC or datagram[2:18] != self.transfer_id:
-            return
-        kind = datagram[1]
-        if self._over:
-            self._linger(kind, now)
-        elif kind == _FIN:
-            self._on_fin(datagram, now)
-        elif kind == _ABORT:
-            self._fail(f"sender aborted: {wire.decode_abort(datagram)}", now, tell_peer=False)
-
-    def next_deadline(self) -> float | None:
-        """When ``on_timer`` must next be called, or None if no timer is running."""
-        if self.state is State.SETUP:
-            return min(self._hello_due, self._last_heard + self._give_up)
-        if self.state is not State.RUNNING:
-            return self._linger_deadline()
-        idle = self._last_heard + self._give_up
-        return idle if self._ack_due is None else min(idle, self._ack_due)
-
-    def on_timer(self, now: float) -> None:
-        """Act on whatever deadline has passed; calling it early or twice is harmless."""
-        if self._over:
-            self._linger_timer(now)
-            return
-        if now >= self._last_heard + self._give_up:
-            what = "did not start" if self.state is State.SETUP else "sent nothing"
-            self._fail(f"the sender {what} for {self._give_up:g} s", now, tell_peer=True)
-        elif self.state is State.SETUP:
-            if now >= self._hello_due:
-                self._out.append(self._hello)
-                self._hello_interval = min(self._hello_interval * 2, MAX_RTO)
-                self._hello_due = now + self._hello_interval
-        elif self._ack_due is not None and now >= self._ack_due:
-            self._send_ack()
-
-    # -- protocol ------------------------------------------------------------------------
-
-    def _on_data(self, datagram: bytes, now: float) -> None:
-        """One DATA of this transfer (magic, kind and id already checked).
-
-        The common case -- a whole chunk, the next one expected -- takes the fewest steps:
-        at 1,400-byte datagrams this runs ~75,000 times for 100 MiB. Anything else takes a
-        call.
-        """
-        length = len(datagram) - _HEADER
-        if length <= 0:
-            return
-        index, chunk = _data_fields(datagram, _COMMON_SIZE)
-        if chunk != self._chunk and not self._learn_chunk(chunk, now):
-            return
-        if (length != chunk or index >= self._whole) and not self._valid_tail(index, length, now):
-            return
-        self._last_heard = now
-        self._trigger = index
-        if index != self._cum:
-            self._on_out_of_order(datagram, index, now)
-            return
-        self._deliver(memoryview(datagram)[_HEADER:])
-        cum = index + 1
-        filled = False
-        if self._held_bits:
-            cum = self._deliver_held(cum)
-            filled = cum > index + 1
-        self._cum = cum
-        if cum == self._total:
-            self._all_received(now)
-            return
-        self._count_for_ack(now, immediately=filled)
-
-    def _valid_tail(self, index: int, length: int, now: float) -> bool:
-        """A DATA that is not a whole chunk before the last: only the exact last chunk is
-        valid. A truncated one is ignored (the sender resends); one past the announced
-        size fails the transfer."""
-        chunk = self._chunk
-        remaining = self.size - index * chunk  # from this chunk's first byte to the end
-        if length == (chunk if remaining > chunk else remaining):
-            return True
-        if remaining <= 0 or length > min(chunk, remaining):
-            self._fail("data beyond the announced size", now, tell_peer=True)
-        return False
-
-    def _on_out_of_order(self, datagram: bytes, index: int, now: float) -> None:
-        """A chunk other than the next expected: a duplicate, or one beyond a gap."""
-        cum = self._cum
-        offset = index - cum
-        if index < cum or (self._held_bits >> offset) & 1:
-            self._send_ack()  # a duplicate: our ACK was probably lost or late
-        elif offset < self._window_chunks:
-            self._held[index] = memoryview(datagram)[_HEADER:]
-            new_gap = not (self._held_bits >> (offset - 1)) & 1
-            self._held_bits |= 1 << offset
-            self._count_for_ack(now, immediately=new_gap)
-        # beyond the window: the sender overran it; drop the chunk, it will be resent
-
-    def _deliver_held(self, cum: int) -> int:
-        """Deliver the held chunks that follow chunk ``cum - 1`` in order; the new ``cum``."""
-        bits = self._held_bits >> 1
-        held = self._held
-        while bits & 1:
-            self._deliver(held.pop(cum))
-            cum += 1
-            bits >>= 1
-        self._held_bits = bits
-        return cum
-
-    def _learn_chunk(self, chunk: int, now: float) -> bool:
-        """The first DATA fixes the chunk size (every later one must agree), and with it the
-        number of chunks, the reordering window and the ACK cadence."""
-        if self._chunk:
-            self._fail("the sender changed its chunk size", now, tell_peer=True)
-            return False
-        if not 1 <= chunk <= self._max_datagram - wire.DATA_HEADER_SIZE:
-            self._fail(f"the sender's chunk size {chunk} is outside the advertised limit", now, tell_peer=True)
-            return False
-        total = -(-self.size // chunk)
-        if total > _MAX_CHUNKS:
-            self._fail("the file is too large for the sender's chunk size", now, tell_peer=True)
-            return False
-        self._chunk = chunk
-        self._total = total
-        self._whole = self.size // chunk
-        self.state = State.RUNNING
-        self._window_chunks = max(1, min(self._window // chunk, MAX_WINDOW_CHUNKS))
-        # The sender's window in chunks: acknowledge four times per window, so the sender
-        # always has room to send while the next ACK is on its way.
-        sender_window = max(1, min(self._window // footprint(chunk + wire.DATA_HEADER_SIZE), MAX_WINDOW_CHUNKS))
-        self._ack_every = max(1, sender_window // 4)
-        return True
-
-    def _deliver(self, payload: memoryview) -> None:
-        self._hash.update(payload)
-        chunks = self._chunks
-        if chunks is None:
-            chunks = self._start_data_event()
-        chunks.append(payload)
-
-    def _start_data_event(self) -> list[memoryview]:
-        """The Data event that gathers deliveries until the shell next calls ``events()``."""
-        chunks: list[memoryview] = []
-        self._chunks = chunks
-        self._events.append(Data(chunks))
-        return chunks
-
-    def _count_for_ack(self, now: float, *, immediately: bool) -> None:
-        """ACK at once on a new gap or a filled one, else every ``_ack_every`` chunks or after
-        ``ack_delay``, whichever comes first."""
-        self._unacked += 1
-        if immediately or self._unacked >= self._ack_every:
-            self._send_ack()
-        elif self._ack_due is None:
-            self._ack_due = now + self._ack_delay
-
-    def _send_ack(self) -> None:
-        self._out.append(wire.encode_ack(self.transfer_id, self._cum, self._trigger, self._held_bits))
-        self._unacked = 0
-        self._ack_due = None
-
-    def _all_received(self, now: float) -> None:
-        if self._digest:
-            self._verify(now)
-        else:
-            self._send_ack()  # the sender learns everything arrived; its FIN is on the way
-
-    def _on_fin(self, datagram: bytes, now: float) -> None:
-        fin = wire.decode_fin(datagram)
-        if fin is None:
-            return
-        size, digest = fin
-        self._last_heard = now
-        self.state = State.RUNNING
-        if size != self.size:
-            self._fail(f"the sender has {size} bytes, {self.size} were announced", now, tell_peer=True)
-        elif self._cum == self._total:
-            self._digest = digest
-            self._verify(now)
-        else:
-            self._digest = digest
-            self._send_ack()  # shows the sender what is still missing
-
-    def _verify(self, now: float) -> None:
-        if self._hash.digest() == self._digest:
-            done = wire.encode_done(self.transfer_id, self._digest)
-            self._out.append(done)
-            self._end(State.COMPLETED, Completed(), done, now)
-        else:
-            self._fail("SHA-256 mismatch: the data received differs from the file sent", now, tell_peer=True)
-
-    def _release(self) -> None:
-        self._held.clear()
-        self._held_bits = 0
-        self._ack_due = None
+        return Receiver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

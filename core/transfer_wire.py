@@ -1,12 +1,19 @@
-"""Datagram layout of the peer-to-peer UDP file transfer (docs/udp-transfer.md).
+"""Datagram layout of the peer-to-peer UDP file transfer (PROTOCOL.md section 6).
 
 Every datagram starts with the same 18 bytes: a magic/version byte, a kind byte and the
 16-byte transfer id the chat server issued. All integers are big-endian. Decoders return
 ``None`` for anything malformed; nothing here raises on bytes that came off the network.
+
+With a transfer key (issued by the server beside the transfer id), every datagram ends
+with a ``TAG_SIZE``-byte tag: HMAC-SHA256 under the key of every byte before it, truncated
+to 128 bits (``Mac``). The state machines check the tag before anything else and hand the
+decoders the datagram without it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from enum import IntEnum
 
@@ -16,6 +23,8 @@ MAX_DATAGRAM = 65_507  # largest UDP payload over IPv4 (65,535 - 20 IP - 8 UDP)
 MAX_SACK_BYTES = 1_024  # an ACK's bitmap covers 8,192 chunks and the ACK fits one Ethernet frame
 MAX_REASON_BYTES = 200
 NO_CHUNK = 0xFFFF_FFFF  # an ACK's trigger when no DATA prompted it
+KEY_SIZE = 32  # bytes of a transfer key (64 hex digits on the chat connection)
+TAG_SIZE = 16  # bytes of the MAC at the end of every datagram of a keyed transfer
 
 
 class Kind(IntEnum):
@@ -32,7 +41,9 @@ _LAST_KIND = int(Kind.ABORT)
 
 COMMON = struct.Struct("!BB16s")
 _COMMON_SIZE = COMMON.size
-HELLO = struct.Struct("!BB16sII")  # window (bytes of receive buffer granted), max datagram
+# window (bytes of receive buffer granted), max datagram, resume offset (bytes of the file
+# the receiver already holds, from its start) and the SHA-256 of those bytes
+HELLO = struct.Struct("!BB16sIIQ32s")
 DATA = struct.Struct("!BB16sII")  # chunk index, chunk size; the payload follows
 ACK = struct.Struct("!BB16sII")  # chunks received in order, trigger; the SACK bitmap follows
 _ACK_FIELDS = struct.Struct("!II")
@@ -54,8 +65,62 @@ def peek_transfer_id(datagram: bytes) -> bytes | None:
     return None
 
 
-def encode_hello(transfer_id: bytes, window: int, max_datagram: int) -> bytes:
-    return HELLO.pack(MAGIC, Kind.HELLO, transfer_id, window, max_datagram)
+_compare_digest = hmac.compare_digest  # constant time: a tag is never compared byte by byte
+
+
+class Mac:
+    """HMAC-SHA256 (RFC 2104) under one transfer's key, truncated to ``TAG_SIZE`` bytes.
+
+    The keyed inner and outer hash states are computed once per transfer and copied per
+    datagram: that halves the cost of ``hmac.digest`` at 1,400 bytes.
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < TAG_SIZE:
+            raise ValueError(f"a transfer key has at least {TAG_SIZE} bytes")
+        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def tag(self, head: bytes | memoryview, tail: bytes | memoryview = b"") -> bytes:
+        """The tag of ``head`` followed by ``tail`` (a DATA's header and chunk, unjoined).
+
+        Two parts, not any number: this runs for every datagram, where a loop and a call
+        more are measurable."""
+        inner = self._inner.copy()
+        inner.update(head)
+        inner.update(tail)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:TAG_SIZE]
+
+    def seal(self, body: bytes) -> bytes:
+        """``body`` with its tag appended."""
+        return body + self.tag(body)
+
+    def check(self, datagram: bytes) -> bool:
+        """True if ``datagram`` ends with the right tag of the bytes before it."""
+        end = len(datagram) - TAG_SIZE
+        if end < _COMMON_SIZE:
+            return False
+        inner = self._inner.copy()
+        inner.update(memoryview(datagram)[:end])
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return _compare_digest(outer.digest()[:TAG_SIZE], datagram[end:])
+
+
+def seal(body: bytes, mac: Mac | None) -> bytes:
+    """``body`` as sent: tagged under ``mac``, or as it is for an unkeyed transfer."""
+    return body if mac is None else mac.seal(body)
+
+
+def encode_hello(transfer_id: bytes, window: int, max_datagram: int, resume: int = 0,
+                 prefix_digest: bytes = bytes(32)) -> bytes:
+    """``resume`` bytes from the file's start are held already, with SHA-256 ``prefix_digest``."""
+    return HELLO.pack(MAGIC, Kind.HELLO, transfer_id, window, max_datagram, resume, prefix_digest)
 
 
 def encode_ack(transfer_id: bytes, cumulative: int, trigger: int, sack: int) -> bytes:
@@ -79,12 +144,12 @@ def encode_abort(transfer_id: bytes, reason: str) -> bytes:
     return COMMON.pack(MAGIC, Kind.ABORT, transfer_id) + raw
 
 
-def decode_hello(datagram: bytes) -> tuple[int, int] | None:
-    """(window, max_datagram) of a well-formed HELLO."""
+def decode_hello(datagram: bytes) -> tuple[int, int, int, bytes] | None:
+    """(window, max_datagram, resume offset, SHA-256 of that prefix) of a well-formed HELLO."""
     if len(datagram) != HELLO.size:
         return None
-    _, _, _, window, max_datagram = HELLO.unpack(datagram)
-    return window, max_datagram
+    _, _, _, window, max_datagram, resume, prefix_digest = HELLO.unpack(datagram)
+    return window, max_datagram, resume, prefix_digest
 
 
 def decode_ack(datagram: bytes) -> tuple[int, int, int] | None:

@@ -12,123 +12,54 @@ keyed by the 16-byte transfer id the server issued, and decides everything aroun
 which datagrams reach which state machine (the right id *and* the announced address, or
 nothing happens), what a received file is called and whether it may be saved at all, the
 receive window each download may use, how much of a file to read per turn, and which lines
-the user sees. It does no I/O of its own: files go through a ``Storage`` (``client.py``
+the user sees. It does no I/O of its own: files go through a ``Storage`` (``shell/storage.py``
 has the disk one; tests use a dictionary), sockets and clocks belong to the shell.
 
 Naming: a file ``NAME`` from ``PRESENTER`` is saved as ``PRESENTER_NAME`` in the receive
-directory, written first to a hidden temporary ``.PRESENTER_NAME.<id>.part`` created
-exclusively, renamed over any existing ``PRESENTER_NAME`` (``os.replace``: atomic, so a
-re-sent file replaces the old copy) only once the SHA-256 matched, and deleted on failure.
+directory, written first to a hidden temporary ``.PRESENTER_NAME.part`` (``.PRESENTER_NAME.<id>.part``
+while another transfer of the same name is running), renamed over any existing
+``PRESENTER_NAME`` (``os.replace``: atomic, so a re-sent file replaces the old copy) only once
+the SHA-256 matched.
+
+Resume: an interrupted download that got somewhere keeps its partial file and a record of
+how much of it is verified (``Storage.checkpoint``); when the same presenter offers a file of
+the same name and size again, the receiver's HELLO names that prefix and its SHA-256, and the
+sender -- after checking the prefix against its own file -- sends only the rest. A failure
+that gained nothing (or a digest mismatch) deletes the partial file.
+
+Limits: at most ``max_incoming`` downloads at once (a further offer is declined with one
+ABORT: no file, no HELLO); uploads keep at most ``max_in_flight`` bytes each and
+``max_in_flight_total`` together for resending, whatever the audience advertises.
 """
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
-from typing import Protocol
+from typing import Any
 
 from .client_session import Address, Datagrams, Effect, Print, Status, Upload
-from .messages import TransferOffer, valid_filename
+from .messages import TransferEnded, TransferOffer
+from .progress import Progress, human_size, percent, progress_line, resuming
+from .transfer_files import Sink, Source, Storage, refusal, temporary_name
 from .transfer import (
-    DEFAULT_WINDOW, GIVE_UP, Completed, Data, Failed, Receiver, Sender, datagram_size_for,
-    footprint, peek_transfer_id,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_WINDOW, GIVE_UP, Completed, Data, Failed, Receiver, Sender,
+    datagram_size_for, footprint, peek_transfer_id,
 )
-from .transfer_wire import COMMON, HELLO, MAX_DATAGRAM, MAX_REASON_BYTES, Kind
+from .transfer_wire import COMMON, HELLO, MAX_DATAGRAM, MAX_REASON_BYTES, TAG_SIZE, Kind, Mac, encode_abort, seal
 
 DEFAULT_MAX_RECEIVE_SIZE = 4 * 1024**3  # 4 GiB
 READ_BLOCK = 1 << 20  # file bytes read and fed to one sender per loop turn
 STATUS_INTERVAL = 0.2  # the progress line is redrawn at most five times a second
-MAX_NAME_BYTES = 255  # a file name's limit on Linux and most file systems (NAME_MAX)
+CHECKPOINT_INTERVAL = 1.0  # a download's resume record is rewritten at most once a second
+DEFAULT_MAX_INCOMING = 8
+# The server says the peer left: its last datagrams (a DONE) may still be on their way.
+PEER_GONE_GRACE = 0.25
 EARLY_DATAGRAMS = 16  # HELLOs and ABORTs kept for transfers whose transfer_ready is still on its way
 EARLY_DATAGRAM_AGE = 2.0
-_HELLO_SIZE = HELLO.size
+_HELLO_SIZE = HELLO.size + TAG_SIZE
 _HELLO = int(Kind.HELLO)
 _ABORT = int(Kind.ABORT)
-MAX_EARLY_SIZE = COMMON.size + MAX_REASON_BYTES  # the longest ABORT
-
-
-# --- file access -------------------------------------------------------------------------
-
-class Source(Protocol):
-    """A file being sent, opened once for every audience member of one command."""
-
-    size: int
-
-    def read_at(self, buffer: memoryview, offset: int) -> int:
-        """Read up to ``len(buffer)`` bytes at ``offset`` into ``buffer``; 0 at the end."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class Sink(Protocol):
-    """A temporary file being received."""
-
-    def write(self, chunks: list[memoryview]) -> None:
-        """Append every byte of ``chunks``, in order (raises OSError, e.g. a full disk)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class Storage(Protocol):
-    """The file system as the engine sees it; every method may raise OSError.
-
-    Received files live in one directory; ``create``, ``commit`` and ``discard`` take plain
-    names inside it (the engine has checked them: no separator, no ``..``).
-    """
-
-    def open_source(self, path: str) -> Source: ...
-
-    def create(self, name: str) -> Sink:
-        """Create ``name`` exclusively (never an existing file, never through a link)."""
-        ...
-
-    def commit(self, temporary: str, final: str) -> None:
-        """Rename ``temporary`` to ``final`` atomically, replacing any file of that name."""
-        ...
-
-    def discard(self, name: str) -> None:
-        """Delete ``name``; nothing if it is already gone."""
-        ...
-
-
-# --- names and lines ---------------------------------------------------------------------
-
-def safe_component(name: str) -> bool:
-    """True if ``name`` can be part of a file name in the receive directory: printable
-    (so no NUL and no control character), no ``/`` or ``\\``, no ``..``, not ``.``."""
-    return valid_filename(name)
-
-
-def refusal(presenter: str, filename: str) -> str | None:
-    """Why ``PRESENTER_FILENAME`` cannot be saved in the receive directory, or None."""
-    if not safe_component(filename):
-        return "unsafe file name"
-    if not safe_component(presenter):
-        return "unsafe presenter name"
-    if len(os.fsencode(f"{presenter}_{filename}")) > MAX_NAME_BYTES:
-        return "the file name is too long"
-    return None
-
-
-def temporary_name(final: str, transfer_id: bytes) -> str:
-    """Where ``final`` is written until verified: hidden, unique to the transfer."""
-    name = f".{final}.{transfer_id.hex()}.part"
-    if len(os.fsencode(name)) > MAX_NAME_BYTES:
-        name = f".tessenger.{transfer_id.hex()}.part"
-    return name
-
-
-def human_size(size: int) -> str:
-    if size < 1024:
-        return "1 byte" if size == 1 else f"{size} bytes"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit}"
+MAX_EARLY_SIZE = COMMON.size + MAX_REASON_BYTES + TAG_SIZE  # the longest ABORT
 
 
 def _members(count: int) -> str:
@@ -156,7 +87,8 @@ class _Transfer:
     """One Sender or Receiver and what the engine knows around it."""
 
     __slots__ = ("endpoint", "peer", "filename", "who", "job", "offset", "sink", "temporary", "final",
-                 "refused", "over", "size", "mark_bytes", "mark_time", "rate")
+                 "refused", "over", "size", "mark_bytes", "mark_time", "rate", "gone_at", "gone_reason",
+                 "checkpoint_due", "announced")
 
     def __init__(self, endpoint: Sender | Receiver, peer: Address, filename: str, who: str, size: int,
                  now: float) -> None:
@@ -175,6 +107,10 @@ class _Transfer:
         self.mark_bytes = 0  # progress at the last status line, for the rate
         self.mark_time = now
         self.rate = 0.0
+        self.gone_at: float | None = None  # the server said the peer left: fail then
+        self.gone_reason = ""
+        self.checkpoint_due = now + CHECKPOINT_INTERVAL  # downloads: next resume record
+        self.announced = False  # uploads: the "Resuming" line is shown
 
     def done(self) -> int:
         endpoint = self.endpoint
@@ -190,6 +126,9 @@ class TransferEngine:
     size to send and the largest to accept (None: ``datagram_size_for(peer)`` to send,
     anything to accept). ``max_receive_size``: larger offers are refused.
     ``show_progress``: emit ``Status`` lines (only when the console is a terminal).
+    ``max_incoming``: downloads at once. ``max_in_flight`` / ``max_in_flight_total``: bytes an
+    upload / all uploads together keep for resending. ``authenticate=False`` (benchmarks
+    only, and both peers must agree) ignores the server's keys: datagrams carry no MAC.
     """
 
     def __init__(
@@ -202,6 +141,10 @@ class TransferEngine:
         show_progress: bool = False,
         give_up: float = GIVE_UP,
         read_block: int = READ_BLOCK,
+        max_incoming: int = DEFAULT_MAX_INCOMING,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_in_flight_total: int = DEFAULT_MAX_IN_FLIGHT,
+        authenticate: bool = True,
     ) -> None:
         self.storage = storage
         self.receive_window = receive_window
@@ -209,6 +152,10 @@ class TransferEngine:
         self.max_receive_size = max_receive_size
         self.show_progress = show_progress
         self.give_up = give_up
+        self.max_incoming = max_incoming
+        self.max_in_flight = max_in_flight
+        self.max_in_flight_total = max_in_flight_total
+        self.authenticate = authenticate
         self._transfers: dict[bytes, _Transfer] = {}
         self._block = memoryview(bytearray(read_block))  # every file is read into this one
         self._hungry = False  # a sender could take more of its file right now
@@ -236,7 +183,10 @@ class TransferEngine:
                 problem = "the file changed size since the command was given"
         job = _Job(filename, request.group, request.size, source, len(ready.targets))
         names = ", ".join(t.audience for t in ready.targets)
-        if request.group is None:
+        if request.cancelled:
+            effects: list[Effect] = []
+            problem = "the presenter left before the transfer started"
+        elif request.group is None:
             effects: list[Effect] = [Print(f"Sending {filename} ({human_size(request.size)}) to {names}.")]
         else:
             effects = [Print(f"Sending {filename} ({human_size(request.size)}) to "
@@ -245,7 +195,8 @@ class TransferEngine:
             transfer_id = bytes.fromhex(target.transfer_id)
             peer = (target.ip, target.udp_port)
             size = self.datagram_size or datagram_size_for(target.ip)
-            sender = Sender(transfer_id, request.size, now, datagram_size=size, give_up=self.give_up)
+            sender = Sender(transfer_id, request.size, now, datagram_size=size, give_up=self.give_up,
+                            key=self._key(target.key), max_in_flight=self.max_in_flight)
             transfer = _Transfer(sender, peer, filename, target.audience, request.size, now)
             transfer.job = job
             if transfer_id in self._transfers:  # the server repeated an id: never mix two transfers
@@ -275,6 +226,10 @@ class TransferEngine:
             return [Print(f"Error. Refused {offer.filename} from {offer.presenter}: invalid transfer id.")]
         if transfer_id in self._transfers:
             return []  # the same offer again: it is under way already
+        key = self._key(offer.key)
+        peer = (offer.ip, offer.udp_port)
+        if self._incoming() >= self.max_incoming:
+            return self._decline(offer, transfer_id, key, peer)
         problem = refusal(offer.presenter, offer.filename)
         if problem is None and offer.size > self.max_receive_size:
             problem = (f"the file ({offer.size} bytes) exceeds the limit of {self.max_receive_size} bytes "
@@ -282,33 +237,46 @@ class TransferEngine:
         if problem is None and not offer.udp_port:
             problem = "the presenter has no UDP port"
         max_datagram = self.datagram_size or MAX_DATAGRAM
-        running = sum(1 for t in self._transfers.values() if isinstance(t.endpoint, Receiver) and not t.over)
-        window = max(self.receive_window // (running + 1), footprint(max_datagram))
+        window = max(self.receive_window // (self._incoming() + 1), footprint(max_datagram))
+        final = f"{offer.presenter}_{offer.filename}"
+        effects: list[Effect] = []
+        sink, resumed, cannot = None, None, ""
+        if problem is None:
+            sink, resumed, cannot = self._open_sink(final, transfer_id, offer.size)
+        offset, prefix_hash = resumed if resumed is not None else (0, None)
         # (a refused offer is aborted below with its own reason, so no max_size for it)
         receiver = Receiver(transfer_id, offer.size, now, max_size=None if problem else self.max_receive_size,
-                            window=window, max_datagram=max_datagram, give_up=self.give_up)
-        transfer = _Transfer(receiver, (offer.ip, offer.udp_port), offer.filename, offer.presenter, offer.size, now)
+                            window=window, max_datagram=max_datagram, give_up=self.give_up, key=key,
+                            resume=offset, prefix_hash=prefix_hash)
+        transfer = _Transfer(receiver, peer, offer.filename, offer.presenter, offer.size, now)
         self._transfers[transfer_id] = transfer
-        effects: list[Effect] = []
         if problem is not None:
             receiver.datagrams_to_send()  # not its HELLO: the sender must not start
             receiver.abort(problem, now)
             transfer.refused = True
             effects.append(Print(f"Error. Refused {offer.filename} from {offer.presenter}: {problem}."))
+        elif sink is None:
+            receiver.datagrams_to_send()
+            receiver.abort(f"the receiver cannot create the file: {cannot}", now)
         else:
-            transfer.final = f"{offer.presenter}_{offer.filename}"
-            transfer.temporary = temporary_name(transfer.final, transfer_id)
-            try:
-                transfer.sink = self.storage.create(transfer.temporary)
-            except OSError as exc:
-                transfer.temporary = ""
-                receiver.datagrams_to_send()
-                receiver.abort(f"the receiver cannot create the file: {exc.strerror or exc}", now)
-            else:
-                effects.append(Print(f"Receiving {offer.filename} ({human_size(offer.size)}) from {offer.presenter}."))
-                self._starting(now)
+            transfer.final, transfer.temporary, transfer.sink = final, sink[0], sink[1]
+            transfer.mark_bytes = offset
+            effects.append(Print(f"Receiving {offer.filename} ({human_size(offer.size)}) from {offer.presenter}."))
+            if offset:
+                effects.append(Print(resuming(offer.filename, offset, offer.size, "here")))
+            self._starting(now)
         self._service(transfer, now, effects)
         return effects
+
+    def ended(self, message: TransferEnded, now: float) -> list[Effect]:
+        """The server says the other side left: the transfer fails shortly (its last
+        datagrams may still be arriving), rather than after ``give_up`` seconds of silence."""
+        transfer = self._transfers.get(bytes.fromhex(message.transfer_id))
+        if transfer is not None and not transfer.over and transfer.who == message.username:
+            if transfer.gone_at is None:
+                transfer.gone_at = now + PEER_GONE_GRACE
+                transfer.gone_reason = f"{message.username} left"
+        return []
 
     def datagram(self, data: bytes, address: Address, now: float) -> list[Effect]:
         # The hot path: bytes 2..18 are where a transfer id would be; the state machine checks
@@ -335,11 +303,20 @@ class TransferEngine:
             deadline = endpoint.next_deadline()
             if deadline is not None and deadline <= now:
                 endpoint.on_timer(now)
+            if transfer.gone_at is not None and now >= transfer.gone_at:
+                endpoint.abort(transfer.gone_reason, now, tell_peer=False)
             if transfer.job is not None:
                 assert isinstance(endpoint, Sender)
                 if endpoint.want_data():
                     self._feed(transfer, endpoint, now)
-                    hungry = hungry or endpoint.want_data() > 0
+                    hungry = hungry or (endpoint.want_data() > 0 and self._budget() > 0)
+                if endpoint.resumed and not transfer.announced:
+                    transfer.announced = True
+                    transfer.mark_bytes = endpoint.resumed
+                    effects.append(Print(resuming(transfer.filename, endpoint.resumed, transfer.size,
+                                                  f"at {transfer.who}")))
+            if isinstance(endpoint, Receiver) and now >= transfer.checkpoint_due and not transfer.over:
+                self._checkpoint(transfer, now)
             self._service(transfer, now, effects)
         self._hungry = hungry
         if self.show_progress:
@@ -350,13 +327,16 @@ class TransferEngine:
         if self._hungry:
             return 0.0  # long past: poll, so ACKs are read between blocks of the file
         deadlines = [d for t in self._transfers.values() if (d := t.endpoint.next_deadline()) is not None]
+        deadlines += [t.gone_at for t in self._transfers.values() if t.gone_at is not None and not t.over]
+        deadlines += [t.checkpoint_due for t in self._transfers.values()
+                      if t.sink is not None and not t.over]
         if self.show_progress and (self._status_shown or self._running()):
             deadlines.append(self._status_due)
         return min(deadlines) if deadlines else None
 
     def close(self, now: float, reason: str = "the client closed") -> list[Effect]:
         """Abort every transfer still running (the peer gets an ABORT with ``reason``),
-        delete every temporary file, and forget everything."""
+        delete every temporary file not kept for a resume, and forget everything."""
         effects: list[Effect] = []
         for transfer in list(self._transfers.values()):
             if not transfer.over:
@@ -382,7 +362,9 @@ class TransferEngine:
         """At most one block of the file per turn, so ACKs are read between blocks."""
         job = transfer.job
         assert job is not None and job.source is not None
-        wanted = min(sender.want_data(), len(self._block))
+        wanted = min(sender.want_data(), len(self._block), sender.payload_within(self._budget()))
+        if wanted <= 0:
+            return  # every upload together holds max_in_flight_total: wait for ACKs
         block = self._block[:wanted]
         try:
             got = job.source.read_at(block, transfer.offset)
@@ -409,7 +391,10 @@ class TransferEngine:
                         try:
                             sink.write(event.chunks)
                         except OSError as exc:
+                            self._close_sink(transfer)  # what it holds is short: never resumed from
                             endpoint.abort(f"the receiver cannot write the file: {exc.strerror or exc}", now)
+                    if now >= transfer.checkpoint_due and not transfer.over:
+                        self._checkpoint(transfer, now)
                 elif type(event) is Completed:
                     self._completed(transfer, effects)
                 elif type(event) is Failed:
@@ -442,7 +427,7 @@ class TransferEngine:
                                  f"cannot save it as {transfer.final}: {exc.strerror or exc}"))
             return
         transfer.temporary = ""
-        effects.append(Print(f"Received {transfer.filename} from {transfer.who}"))
+        effects.append(Print(f"Received {transfer.filename} from {transfer.who} (saved as {transfer.final})"))
 
     def _failed(self, transfer: _Transfer, reason: str, effects: list[Effect]) -> None:
         if transfer.over:
@@ -452,8 +437,21 @@ class TransferEngine:
             effects.append(Print(f"Error. Transfer of {transfer.filename} to {transfer.who} failed: {reason}"))
             self._job_member_done(transfer.job, effects)
             return
+        receiver = transfer.endpoint
+        assert isinstance(receiver, Receiver)
+        # Worth resuming: this attempt got further, and what it got is not known to be wrong
+        keep = (transfer.sink is not None and receiver.bytes_received > receiver.resumed and not receiver.mismatch
+                and transfer.temporary == temporary_name(transfer.final))
+        if keep:
+            self._checkpoint(transfer, 0.0)
+            keep = bool(transfer.temporary)
         self._close_sink(transfer)
-        self._discard(transfer)
+        if keep:
+            transfer.temporary = ""  # kept for a resume; cleaned at a client start once stale
+            reason += (f" (the {percent(receiver.bytes_received, transfer.size)}% received is kept: "
+                       "sending the file again resumes there)")
+        else:
+            self._discard(transfer)
         if not transfer.refused:
             effects.append(Print(f"Error. Receiving {transfer.filename} from {transfer.who} failed: {reason}"))
 
@@ -480,6 +478,66 @@ class TransferEngine:
                 sink.close()
             except OSError:
                 pass
+
+    def _key(self, text: str) -> bytes | None:
+        """A transfer's key as the server gave it (the schema checked: 64 hex digits)."""
+        return bytes.fromhex(text) if self.authenticate else None
+
+    def _incoming(self) -> int:
+        return sum(1 for t in self._transfers.values() if isinstance(t.endpoint, Receiver) and not t.over)
+
+    def _budget(self) -> int:
+        """Bytes the uploads may still keep for resending, all together."""
+        held = sum(t.endpoint.held_bytes for t in self._transfers.values() if isinstance(t.endpoint, Sender))
+        return self.max_in_flight_total - held
+
+    def _decline(self, offer: TransferOffer, transfer_id: bytes, key: bytes | None, peer: Address) -> list[Effect]:
+        """Too many downloads already: one authenticated ABORT tells the presenter, and no
+        file, HELLO or state is spent on the offer."""
+        reason = f"the receiver is already receiving {self.max_incoming} files"
+        effects: list[Effect] = [Print(f"Error. Refused {offer.filename} from {offer.presenter}: "
+                                       f"already receiving {self.max_incoming} files (--max-incoming).")]
+        if offer.udp_port:
+            effects.append(Datagrams([seal(encode_abort(transfer_id, reason), Mac(key) if key else None)], peer))
+        return effects
+
+    def _open_sink(self, final: str, transfer_id: bytes, size: int
+                   ) -> tuple[tuple[str, Sink] | None, tuple[int, Any] | None, str]:
+        """Where a download of ``final`` goes: ((temporary name, sink), (bytes resumed, their
+        hash) or None, why not if there is no sink)."""
+        name = temporary_name(final)
+        if any(t.temporary == name for t in self._transfers.values()):
+            name = temporary_name(final, transfer_id)  # that name is busy: this one cannot resume
+        else:
+            try:
+                found = self.storage.resume(name, size)
+            except OSError:
+                found = None
+            if found is not None:
+                offset, prefix_hash, sink = found
+                return (name, sink), (offset, prefix_hash), ""
+            try:
+                self.storage.discard(name)  # a partial copy that is not this file's
+            except OSError:
+                pass
+        try:
+            return (name, self.storage.create(name)), None, ""
+        except OSError as exc:
+            return None, None, str(exc.strerror or exc)
+
+    def _checkpoint(self, transfer: _Transfer, now: float) -> None:
+        """Record how much of the download is written, for a resume; if that fails, the
+        partial file would be unusable, so it is not kept."""
+        receiver = transfer.endpoint
+        assert isinstance(receiver, Receiver)
+        transfer.checkpoint_due = now + CHECKPOINT_INTERVAL
+        if transfer.temporary != temporary_name(transfer.final) or receiver.bytes_received == 0:
+            return  # not the resumable name (another transfer of the name has it), or nothing yet
+        try:
+            self.storage.checkpoint(transfer.temporary, transfer.size, receiver.bytes_received,
+                                    receiver.prefix_digest())
+        except OSError:
+            self._discard(transfer)
 
     def _discard(self, transfer: _Transfer) -> None:
         if transfer.temporary:
@@ -520,7 +578,7 @@ class TransferEngine:
         if now < self._status_due:
             return
         self._status_due = now + STATUS_INTERVAL
-        parts = []
+        shown = []
         for transfer in running:
             done = transfer.done()
             elapsed = now - transfer.mark_time
@@ -528,13 +586,12 @@ class TransferEngine:
                 rate = (done - transfer.mark_bytes) / elapsed
                 transfer.rate = rate if not transfer.rate else 0.5 * transfer.rate + 0.5 * rate
             transfer.mark_bytes, transfer.mark_time = done, now
-            percent = 100 * done // transfer.size if transfer.size else 100
             if transfer.job is not None:
                 what = f"{transfer.filename} to {transfer.who}"
             else:
                 what = f"{transfer.filename} from {transfer.who}"
-            parts.append(f"{what}: {percent}% at {transfer.rate / 1e6:.1f} MB/s")
-        effects.append(Status(" | ".join(parts)))
+            shown.append(Progress(what, done, transfer.size, transfer.rate))
+        effects.append(Status(progress_line(shown)))
         self._status_shown = True
 
 

@@ -61,7 +61,8 @@ if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 e
 return 0
 """
 
-# makes the rules' replica: (accounts, history, new_transfer_id=...) -> Chat, as server.py makes its own
+# makes the rules' replica: (accounts, history, new_transfer_id=..., new_transfer_key=...) -> Chat,
+# as server.py makes its own
 NewChat = Callable[..., Chat]
 
 
@@ -123,7 +124,8 @@ class Node:
         self._accounts = accounts
         # the replicas check login proofs, never passwords: no password enters the shared log
         proofs = {username: self._proof_for(username) for username in accounts}
-        self.replica = new_chat(proofs, history, new_transfer_id=self._transfer_id)
+        self.replica = new_chat(proofs, history, new_transfer_id=self._transfer_id,
+                                new_transfer_key=self._transfer_key)
         self.chat = SharedChat(self)
         self.logs: Any = None  # the server's Logs, once attached
         self.selector: selectors.BaseSelector | None = None
@@ -447,6 +449,13 @@ class Node:
         self._transfers_in_entry += 1
         data = b"%s/%d" % (self._entry_raw, self._transfers_in_entry)
         return hmac.new(self._secret, data, hashlib.sha256).hexdigest()[:32]
+
+    def _transfer_key(self) -> str:
+        """The key of the transfer whose id was just drawn, derived alike on every node (the
+        presenter's and the audience's nodes must hand out the same key) and secret as the
+        cluster's secret is."""
+        data = b"key/%s/%d" % (self._entry_raw, self._transfers_in_entry)
+        return hmac.new(self._secret, data, hashlib.sha256).hexdigest()
 
     def _take_over(self) -> None:
         """This node now holds the writer lease: write what the last writer may not have."""

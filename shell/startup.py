@@ -4,6 +4,7 @@ listening socket. Each failure is one line on stderr and a non-zero exit, never 
 from __future__ import annotations
 
 import argparse
+import gc
 import getpass
 import math
 import resource
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from shell.cluster import Node as ClusterNode
 
 RESERVED_FDS = MAX_OPEN_LOGS + 32  # descriptors no connection may take: logs, userlog, stdio, selector
+GC_THRESHOLD = 100_000  # allocations between cycle collections (CPython's default: 700)
 
 USAGE = "python3 server.py SERVER_PORT NUMBER_OF_CONSECUTIVE_FAILED_ATTEMPTS [options]"
 
@@ -206,3 +208,15 @@ def join_cluster(args: argparse.Namespace, accounts: dict[str, str], history: di
         return cluster.start(args.redis, accounts, rules, history, new_chat)
     except cluster.ClusterError as exc:
         fail(str(exc))
+
+
+def collect_rarely() -> None:
+    """Let the cycle collector run rarely, and never over the start-up's objects.
+
+    What the loop allocates dies by reference count (messages, effects, frames hold no
+    cycles), but one turn of the relay keeps tens of thousands of them alive until its
+    replies are queued. At the default threshold (700) the collector ran dozens of times a
+    turn, each time promoting the live ones, which soon made it scan the whole heap.
+    """
+    gc.freeze()  # everything made so far is permanent: no collection looks at it again
+    gc.set_threshold(GC_THRESHOLD, 50, 100)

@@ -1,26 +1,31 @@
 """Smoke test of the benchmark program: it runs at tiny sizes and produces numbers.
 
 A benchmark is never a timed test: nothing here asserts how fast anything is, only that
-``python3 -m bench`` drives the real server end to end and reports figures and ceilings.
+``python3 -m bench`` drives the real server end to end and reports figures beside their
+anchors (Redis where redis-server is installed; without it, one line says so and the rest
+is still measured).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_bench(tmp_path: Path, only: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+def run_bench(tmp_path: Path, only: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], dict]:
     out = tmp_path / "results.json"
     process = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", only, "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     return process, json.loads(out.read_text())
@@ -38,12 +43,16 @@ def test_quick_relay_and_login_produce_numbers(tmp_path: Path) -> None:
     assert result["machine"]["nproc"] >= 1 and result["machine"]["python"]
 
     relay = rows["relay"]
-    assert positive(relay["figure"]) and positive(relay["ceiling"]) and positive(relay["ratio"])
+    assert positive(relay["figure"]) and positive(relay["steps"])
     server = relay["details"]["server"]
     assert server["acks"] > 0
     assert server["log_lines"] >= server["acks"]  # every acknowledged message was logged
     if shutil.which("openssl"):  # the same relay over TLS, measured beside it
-        assert positive(rows["relay_tls"]["figure"]) and rows["relay_tls"]["ceiling"] == relay["figure"]
+        assert positive(rows["relay_tls"]["figure"]) and rows["relay_tls"]["anchor"] == relay["figure"]
+    if shutil.which("redis-server"):
+        assert positive(relay["anchor"]) and positive(relay["ratio"])
+        assert positive(rows["relay vs Redis pub/sub"]["anchor"])
+        assert relay["details"]["anchor_run"]["acks"] > 0
 
     for name in ("login", "login (scrypt)"):
         login = rows[name]
@@ -55,10 +64,33 @@ def test_quick_relay_and_login_produce_numbers(tmp_path: Path) -> None:
         assert f"| {name} " in process.stdout
 
 
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server is not installed: the run without it is "
+                    "test_quick_relay_and_login_produce_numbers itself")
+def test_quick_relay_without_redis_says_so_and_measures_the_rest(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"  # a PATH where no redis-server is found
+    empty.mkdir()
+    process, result = run_bench(tmp_path, "relay", env={**os.environ, "PATH": str(empty)})
+    assert process.stdout.count("no redis-server installed") == 1
+    relay = result["rows"][0]
+    assert [r["name"] for r in result["rows"]] in (["relay"], ["relay", "relay_tls"])
+    assert relay["name"] == "relay" and positive(relay["figure"]) and positive(relay["steps"])
+    assert relay["anchor"] is None and relay["ratio"] is None and relay["met"] is not True
+
+
+def test_group_and_latency_beside_redis(tmp_path: Path) -> None:
+    _, result = run_bench(tmp_path, "group,latency")
+    rows = {r["name"]: r for r in result["rows"]}
+    group, latency = rows["group fan-out"], rows["latency p99"]
+    assert positive(group["figure"]) and positive(latency["figure"])
+    assert group["details"]["server"]["deliveries"] == group["details"]["server"]["posted"] * 49
+    if shutil.which("redis-server"):
+        assert positive(group["anchor"]) and positive(latency["anchor"])
+
+
 def test_quick_p2pvideo_row_has_its_ceiling(tmp_path: Path) -> None:
     _, result = run_bench(tmp_path, "p2pvideo")
     rows = result["rows"]
     assert rows and all(r["name"].startswith("p2pvideo") for r in rows)
     for r in rows:
-        assert positive(r["ceiling"])  # the raw UDP blast is always measured
+        assert positive(r["anchor"])  # the raw UDP blast is always measured
         assert positive(r["figure"]) or r["note"]  # a transfer figure, or why there is none

@@ -269,7 +269,7 @@ def test_p2pvideo_checks_and_set_up(server: ServerProcess, start: Start) -> None
     assert yoda.command("/p2pvideo Yoda test.mp4") == ["Error. You cannot send a file to yourself."]
     assert yoda.command("/p2pvideo Luke test.mp4") == ["Sending test.mp4 (1000 bytes) to Luke."]
     luke.output.expect(r"Receiving test\.mp4 \(1000 bytes\) from Yoda\.")
-    luke.output.expect("Received test.mp4 from Yoda")
+    luke.output.expect(r"Received test\.mp4 from Yoda \(saved as Yoda_test\.mp4\)")
     yoda.output.expect("test.mp4 has been uploaded")
     assert (luke.workdir / "Yoda_test.mp4").read_bytes() == b"\0" * 1000
 

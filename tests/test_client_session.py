@@ -9,19 +9,20 @@ from hypothesis import given, strategies as st
 
 from core.client_session import (
     CONNECTION_LOST, INVALID_PASSWORD, INVALID_USERNAME, LOGIN_CANCELLED, LOGOUT_WAIT, Ask,
-    ClientSession, Download, Effect, Exit, Print, Prompt, Send, State, Upload,
+    ClientSession, Download, Effect, Ended, Exit, Print, Prompt, Send, State, Upload,
 )
 from core.commands import COMMAND_PROMPT
 from core.messages import (
     ActiveUser, ActiveUserEntry, ActiveUsers, Bye, CheckUser, Error, GroupCreated,
     GroupInvite, GroupMessage, GroupVideo, Login, Logout, MsgSent, MsgTo, P2PVideo, PrivateMessage,
-    TransferOffer, TransferReady, TransferTarget, UserOk, Welcome, encode, requests,
+    TransferEnded, TransferOffer, TransferReady, TransferTarget, UserOk, Welcome, encode, requests,
 )
 from core.render import printable
 
 UDP_PORT = 40000
 TS = "01 Jun 2023 15:00:01"
 TID = "0123456789abcdef" * 2
+KEY = "0123456789abcdef" * 4
 FILES = {"test.mp4": 1234, "videos/clip.mp4": 99}
 
 
@@ -212,7 +213,7 @@ def test_p2pvideo_checks_the_file_then_sends_its_basename_and_size() -> None:
     assert session.line("/p2pvideo Luke missing.mp4", 0.0) == [
         Print("Error. File missing.mp4 does not exist."), ASK_COMMAND]
     assert session.line("/p2pvideo Luke videos/clip.mp4", 0.0) == [Send(P2PVideo("Luke", "clip.mp4", 99))]
-    ready = TransferReady("clip.mp4", [TransferTarget("Luke", "10.0.0.2", 6000, TID)])
+    ready = TransferReady("clip.mp4", [TransferTarget("Luke", "10.0.0.2", 6000, TID, KEY)])
     assert session.received(ready, 0.0) == [Upload("videos/clip.mp4", ready, 99), ASK_COMMAND]
 
 
@@ -234,14 +235,14 @@ def test_groupvideo_and_unreadable_files() -> None:
 
 def test_transfer_offers_go_to_the_transfer_engine() -> None:
     session = logged_in()
-    offer = TransferOffer("Luke", "test.mp4", 10, "10.0.0.2", 6000, TID)
+    offer = TransferOffer("Luke", "test.mp4", 10, "10.0.0.2", 6000, TID, KEY)
     assert session.received(offer, 0.0) == [Download(offer)]
 
 
 def test_groupvideo_uploads_name_the_group_and_the_announced_size() -> None:
     session = logged_in()
     session.line("/groupvideo g1 test.mp4", 0.0)
-    ready = TransferReady("test.mp4", [TransferTarget("Luke", "10.0.0.2", 6000, TID)])
+    ready = TransferReady("test.mp4", [TransferTarget("Luke", "10.0.0.2", 6000, TID, KEY)])
     assert session.received(ready, 0.0) == [Upload("test.mp4", ready, 1234, "g1"), ASK_COMMAND]
 
 
@@ -289,12 +290,18 @@ def test_interrupt_logs_out_at_once_and_a_second_one_stops_waiting() -> None:
     assert session.interrupt(0.1) == [Print("Bye, Yoda!"), Exit(0)]
 
 
-def test_a_reply_to_a_transfer_after_logout_starts_nothing() -> None:
+def test_a_reply_to_a_transfer_after_logout_only_cancels_it() -> None:
     session = logged_in()
     session.line("/p2pvideo Luke test.mp4", 0.0)
     session.interrupt(0.0)
-    ready = TransferReady("test.mp4", [TransferTarget("Luke", "10.0.0.2", 6000, TID)])
-    assert session.received(ready, 0.0) == []
+    ready = TransferReady("test.mp4", [TransferTarget("Luke", "10.0.0.2", 6000, TID, KEY)])
+    assert session.received(ready, 0.0) == [Upload("test.mp4", ready, 1234, cancelled=True)]
+
+
+def test_the_end_of_a_transfer_pushed_by_the_server_goes_to_the_engine() -> None:
+    session = logged_in()
+    ended = TransferEnded(TID, "Luke")
+    assert session.received(ended, 0.0) == [Ended(ended)]
 
 
 @pytest.mark.parametrize("state", ["login", "ready", "busy"])

@@ -264,12 +264,14 @@ def test_buffer_stays_bounded_for_any_frame_sizes_and_piece_size(items: list[byt
     assert total * sum(4 + len(p) for p in items) == len(stream) * len(items)
 
 
-# --- append / next_frame: frames one at a time ---------------------------------------------
+# --- append / take: frames in batches -------------------------------------------------------
 
-def drain(decoder: FrameDecoder) -> list[bytes]:
-    frames = []
-    while (payload := decoder.next_frame()) is not None:
-        frames.append(payload)
+def drain(decoder: FrameDecoder, limit: int) -> list[bytes]:
+    frames: list[bytes] = []
+    while batch := decoder.take(limit):
+        assert len(batch) <= limit
+        frames += batch
+    assert not decoder.ready  # nothing left that take would return
     return frames
 
 
@@ -278,8 +280,10 @@ def drain(decoder: FrameDecoder) -> list[bytes]:
     st.integers(min_value=0, max_value=64),
     st.binary(max_size=400),
     st.lists(st.integers(min_value=0), max_size=30),
+    st.integers(min_value=1, max_value=5),
 )
-def test_next_frame_yields_every_frame_before_an_over_long_one(max_frame: int, stream: bytes, cuts: list[int]) -> None:
+def test_take_yields_every_frame_before_an_over_long_one(max_frame: int, stream: bytes, cuts: list[int],
+                                                        limit: int) -> None:
     """Unlike feed(), which drops a piece's frames when the piece also holds a bad header."""
     expected, error_at, rest = reference(stream, max_frame)
     decoder = FrameDecoder(max_frame=max_frame)
@@ -290,7 +294,7 @@ def test_next_frame_yields_every_frame_before_an_over_long_one(max_frame: int, s
         decoder.append(piece)
         fed += len(piece)
         try:
-            frames += drain(decoder)
+            frames += drain(decoder, limit)
         except FrameError:
             raised = True
             assert error_at is not None and error_at <= fed
@@ -300,43 +304,60 @@ def test_next_frame_yields_every_frame_before_an_over_long_one(max_frame: int, s
     if not raised:
         assert decoder.buffered == rest
     else:
+        assert decoder.ready
         with pytest.raises(FrameError):  # and it stays broken
-            decoder.next_frame()
+            decoder.take(1)
 
 
-def test_next_frame_on_an_empty_or_partial_buffer_is_none() -> None:
+def test_take_on_an_empty_or_partial_buffer_is_empty() -> None:
     decoder = FrameDecoder()
-    assert decoder.next_frame() is None
+    assert decoder.take(1) == [] and not decoder.ready
     decoder.append(encode(b"abc")[:5])
-    assert decoder.next_frame() is None
+    assert decoder.take(1) == [] and not decoder.ready
     assert decoder.buffered == 5
-    decoder.append(b"bc")
-    assert decoder.next_frame() == b"abc"
-    assert decoder.next_frame() is None
+    decoder.append(b"bc" + encode(b"d") + encode(b"ef"))
+    assert decoder.ready
+    assert decoder.take(2) == [b"abc", b"d"]
+    assert decoder.take(2) == [b"ef"]
+    assert decoder.take(2) == []
     assert decoder.buffered == 0
 
 
-def test_the_limit_may_change_between_frames() -> None:
+@given(st.lists(st.binary(max_size=20), max_size=8), st.integers(min_value=0, max_value=8), st.binary(max_size=30))
+def test_unread_frames_come_out_again_first(payloads: list[bytes], handled: int, partial: bytes) -> None:
+    decoder = FrameDecoder()
+    tail = encode(b"next")[:-1] if partial else b""  # a frame not yet whole stays behind them
+    decoder.append(b"".join(map(encode, payloads)) + tail)
+    taken = decoder.take(len(payloads))
+    assert taken == payloads
+    decoder.unread(taken[handled:])
+    decoder.append(b"t" if tail else b"")
+    again = decoder.take(100)
+    assert again == payloads[handled:] + ([b"next"] if tail else [])
+    assert decoder.buffered == 0
+
+
+def test_the_limit_may_change_between_calls() -> None:
     decoder = FrameDecoder(max_frame=8)
     decoder.append(encode(b"login") + encode(b"x" * 100) + encode(b"y" * 1000))
-    assert decoder.next_frame() == b"login"
+    assert decoder.take(10) == [b"login"]  # stops before the frame its limit refuses
+    assert decoder.ready
     with pytest.raises(FrameError):
-        decoder.next_frame()
+        decoder.take(10)
     decoder.max_frame = 100  # e.g. raised once the connection has logged in
-    assert decoder.next_frame() == b"x" * 100
+    assert decoder.take(10) == [b"x" * 100]
     with pytest.raises(FrameError):
-        decoder.next_frame()
+        decoder.take(10)
     decoder.max_frame = 64 * 1024
-    assert decoder.next_frame() == b"y" * 1000
+    assert decoder.take(10) == [b"y" * 1000]
     assert decoder.buffered == 0
 
 
-def test_next_frame_buffer_stays_bounded() -> None:
+def test_take_buffer_stays_bounded() -> None:
     frame = encode(b"123456")
     decoder = FrameDecoder()
     decoder.append(frame[:3])
     for _ in range(50_000):
         decoder.append(frame[3:] + frame[:3])
-        assert decoder.next_frame() == b"123456"
-        assert decoder.next_frame() is None
+        assert decoder.take(5) == [b"123456"]
         assert _physical_size(decoder) <= 64 * 1024 + 2 * len(frame)

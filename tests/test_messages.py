@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from core import messages as m
 from core.messages import (
     MAX_FILENAME, MAX_LIST, MAX_NAME, MAX_PASSWORD, MAX_TEXT, REPLIES, REQUESTS, Codec, FileName,
-    Message, Name, Password, Port, Record, SchemaError, Text, TransferId, encode, replies, requests,
+    Message, Name, Password, Port, Record, SchemaError, Text, TransferId, TransferKey, encode, replies, requests,
 )
 
 SETTINGS = settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
@@ -42,12 +42,13 @@ filenames = st.one_of(
     st.text(LINE_CHARS, min_size=1, max_size=60),
 ).filter(m.valid_filename)
 transfer_ids = st.binary(min_size=16, max_size=16).map(bytes.hex)
+transfer_keys = st.binary(min_size=32, max_size=32).map(bytes.hex)
 ports = st.integers(min_value=0, max_value=65535)
 ints = st.integers(min_value=0, max_value=2**63)
 plain_strs = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 
 SCALARS: dict[Any, st.SearchStrategy[Any]] = {
-    Name: names, Password: passwords, Text: texts, FileName: filenames, TransferId: transfer_ids,
+    Name: names, Password: passwords, Text: texts, FileName: filenames, TransferId: transfer_ids, TransferKey: transfer_keys,
     Port: ports, int: ints, str: plain_strs,
 }
 
@@ -209,6 +210,7 @@ BAD_TEXTS = ["", " ", "    ", "x" * (MAX_TEXT + 1), "two\nlines", "cr\rhere", "t
 BAD_FILENAMES = ["", "a/b", "/etc/passwd", "../x", "..", ".", "a..b", "..hidden", "nul\x00x", "back\\slash",
                  "new\nline", "f" * (MAX_FILENAME + 1), "esc\x1b", "\ud800"]
 BAD_TRANSFER_IDS = ["", "0" * 31, "0" * 33, "A" * 32, "g" * 32, " " + "0" * 31, "0" * 31 + "\n"]
+BAD_TRANSFER_KEYS = ["", "0" * 32, "0" * 63, "0" * 65, "A" * 64, "g" * 64, "0" * 63 + "\n"]
 BAD_PORTS = [65536, 2**31, -1, True, 80.0, "80"]
 
 
@@ -225,6 +227,7 @@ def bad_values(annotation: Any) -> list[Any]:
         Text: WRONG_FOR_STR + BAD_TEXTS,
         FileName: WRONG_FOR_STR + BAD_FILENAMES,
         TransferId: WRONG_FOR_STR + BAD_TRANSFER_IDS,
+        TransferKey: WRONG_FOR_STR + BAD_TRANSFER_KEYS,
         Port: WRONG_FOR_INT + BAD_PORTS,
         int: WRONG_FOR_INT,
         str: WRONG_FOR_STR,
@@ -251,7 +254,7 @@ def test_every_wrong_field_value_is_refused(cls: type, name: str, data: st.DataO
 RECORD_LISTS = [
     (m.ActiveUsers(users=[]), "users", {"username": "Yoda", "ip": "1.2.3.4", "udp_port": 5, "since": "t"}),
     (m.TransferReady(filename="f", targets=[]), "targets",
-     {"audience": "Yoda", "ip": "1.2.3.4", "udp_port": 5, "transfer_id": "0" * 32}),
+     {"audience": "Yoda", "ip": "1.2.3.4", "udp_port": 5, "transfer_id": "0" * 32, "key": "0" * 64}),
 ]
 
 

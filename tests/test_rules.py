@@ -14,12 +14,12 @@ from core import logformat
 from core.messages import (
     ActiveUser, ActiveUserEntry, ActiveUsers, Bye, CheckUser, CreateGroup, Error, GroupCreated,
     GroupInvite, GroupJoined, GroupMessage, GroupMsg, GroupSent, GroupVideo, JoinGroup, Login,
-    Logout, Message, MsgSent, MsgTo, P2PVideo, PrivateMessage, TransferOffer, TransferReady,
+    Logout, Message, MsgSent, MsgTo, P2PVideo, PrivateMessage, TransferEnded, TransferOffer, TransferReady,
     TransferTarget, UserOk, Welcome,
 )
 from core.messages import Code
 from core.login_throttle import LoginThrottle
-from core.rules import Announce, Append, Chat, Close, Hold, Send, parse_credentials
+from core.rules import MAX_REMEMBERED_TRANSFERS, Announce, Append, Chat, Close, Hold, Send, parse_credentials
 
 ACCOUNTS = {"Yoda": "wise*!@#", "Hans": "solo$%()", "Leia": "=+_-org", "Luke": "x"}
 UNKNOWN = ["Vader", "yoda", "Hans2"]
@@ -58,7 +58,9 @@ def err(text: str, code: str = Code.COMMAND) -> Error:
 class Harness:
     def __init__(self, max_failures: int = 3, **kwargs: Any) -> None:
         ids = iter(f"{i:032x}" for i in range(1, 1000))
-        self.chat = Chat(dict(ACCOUNTS), max_failures, new_transfer_id=lambda: next(ids), **kwargs)
+        keys = iter(f"{i:064x}" for i in range(1, 1000))
+        self.chat = Chat(dict(ACCOUNTS), max_failures, new_transfer_id=lambda: next(ids),
+                         new_transfer_key=lambda: next(keys), **kwargs)
         self.now = T0
         self.next_conn = 1
         self.conns: dict[str, int] = {}
@@ -345,9 +347,45 @@ def test_p2pvideo(h: Harness) -> None:
     only_error(h.do(yoda, P2PVideo("Vader", "f.mp4", 1)), yoda, "Error. User Vader does not exist.")
     only_error(h.do(yoda, P2PVideo("Leia", "f.mp4", 1)), yoda, "Leia is offline")
     effects = h.do(yoda, P2PVideo("Hans", "f.mp4", 123))
-    tid = f"{1:032x}"
-    assert to(effects, yoda) == [TransferReady("f.mp4", [TransferTarget("Hans", "10.0.0.2", 5002, tid)])]
-    assert to(effects, hans) == [TransferOffer("Yoda", "f.mp4", 123, "10.0.0.1", 5001, tid)]
+    tid, key = f"{1:032x}", f"{1:064x}"
+    assert to(effects, yoda) == [TransferReady("f.mp4", [TransferTarget("Hans", "10.0.0.2", 5002, tid, key)])]
+    assert to(effects, hans) == [TransferOffer("Yoda", "f.mp4", 123, "10.0.0.1", 5001, tid, key)]
+
+
+def test_each_transfer_gets_its_own_random_key() -> None:
+    chat = Chat(dict(ACCOUNTS), 3)
+    for conn, name in ((1, "Yoda"), (2, "Hans")):
+        chat.connect(conn, "10.0.0.1")
+        chat.handle(conn, Login(name, ACCOUNTS[name], 5000 + conn), T0)
+    keys = [next(m for m in to(chat.handle(1, P2PVideo("Hans", "f", 1), T0), 2)).key for _ in range(20)]
+    assert len(set(keys)) == 20 and all(len(bytes.fromhex(k)) == 32 for k in keys)
+
+
+@pytest.mark.parametrize("leaver", ["Yoda", "Hans"])
+def test_the_other_side_of_each_transfer_hears_at_once_when_a_user_leaves(h: Harness, leaver: str) -> None:
+    yoda = h.login("Yoda")
+    hans = h.login("Hans")
+    luke = h.login("Luke")
+    first = to(h.do(yoda, P2PVideo("Hans", "a.mp4", 1)), hans)[0].transfer_id
+    second = to(h.do(hans, P2PVideo("Yoda", "b.mp4", 1)), yoda)[0].transfer_id
+    h.do(yoda, P2PVideo("Luke", "c.mp4", 1))
+    other = hans if leaver == "Yoda" else yoda
+    effects = h.chat.disconnect(h.conns[leaver], h.now)
+    assert to(effects, other) == [TransferEnded(first, leaver), TransferEnded(second, leaver)]
+    assert to(effects, luke) == ([TransferEnded(f"{3:032x}", "Yoda")] if leaver == "Yoda" else [])
+    assert effects[-1] == Announce(f"{leaver} logout")
+    # told once: the transfers are forgotten on both sides
+    assert to(h.chat.disconnect(other, h.now), h.conns[leaver]) == []
+
+
+def test_a_user_remembers_only_the_latest_transfers(h: Harness) -> None:
+    yoda = h.login("Yoda")
+    hans = h.login("Hans")
+    for _ in range(MAX_REMEMBERED_TRANSFERS + 10):
+        h.do(yoda, P2PVideo("Hans", "a.mp4", 1))
+    ended = to(h.chat.disconnect(yoda, h.now), hans)
+    assert len(ended) == MAX_REMEMBERED_TRANSFERS
+    assert ended[0] == TransferEnded(f"{11:032x}", "Yoda")
 
 
 def test_groupvideo(h: Harness) -> None:
@@ -444,7 +482,8 @@ class ChatMachine(RuleBasedStateMachine):
         ids = iter(f"{i:032x}" for i in range(1, 10**6))
         history = {MESSAGELOG: msg_history, "g1_messagelog.txt": g1_history}
         self.chat = Chat(dict(ACCOUNTS), max_failures, block_seconds=block, history=history,
-                         new_transfer_id=lambda: next(ids), login_throttle=LoginThrottle(burst, rate),
+                         new_transfer_id=lambda: next(ids), new_transfer_key=lambda: "0" * 64,
+                         login_throttle=LoginThrottle(burst, rate),
                          max_groups_per_user=groups_per_user, max_groups=max_groups)
         self.max_failures = max_failures
         self.block = block
@@ -545,7 +584,11 @@ class ChatMachine(RuleBasedStateMachine):
         version = self.chat.presence_version
         effects = self.chat.disconnect(conn, self.now)
         if user:
-            assert effects == [Announce(f"{user} logout")]
+            assert [e for e in effects if isinstance(e, Announce)] == [Announce(f"{user} logout")]
+            for e in effects:  # besides: the other side of each transfer, told at once
+                if not isinstance(e, Announce):
+                    assert isinstance(e, Send) and isinstance(e.message, TransferEnded)
+                    assert e.message.username == user and all(c in self.conns for c in e.conns)
             self.active.remove(user)
             assert self.chat.presence_version > version
         else:
@@ -905,7 +948,7 @@ class ChatMachine(RuleBasedStateMachine):
             assert (target.audience, target.ip, target.udp_port) == (audience, ip, port)
             _, my_ip, my_port, _ = self.login_info[me]
             assert to(effects, a_conn) == [
-                TransferOffer(me, "clip.mp4", size, my_ip, my_port, target.transfer_id)
+                TransferOffer(me, "clip.mp4", size, my_ip, my_port, target.transfer_id, target.key)
             ]
         assert not appends(effects) and closes(effects) == []
 
@@ -925,7 +968,7 @@ class ChatMachine(RuleBasedStateMachine):
         assert len({t.transfer_id for t in ready.targets}) == len(ready.targets)
         for t in ready.targets:
             assert to(effects, self.login_info[t.audience][0]) == [
-                TransferOffer(me, "clip.mp4", 5, *self.login_info[me][1:3], t.transfer_id)
+                TransferOffer(me, "clip.mp4", 5, *self.login_info[me][1:3], t.transfer_id, t.key)
             ]
 
     @precondition(lambda self: self.logged_in())

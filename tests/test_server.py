@@ -14,7 +14,7 @@ from core.framing import encode as frame
 from core.messages import (
     ActiveUser, ActiveUsers, Bye, CheckUser, CreateGroup, Error, GroupCreated, GroupInvite,
     GroupJoined, GroupMessage, GroupMsg, GroupSent, GroupVideo, JoinGroup, Login, Logout,
-    MsgSent, MsgTo, P2PVideo, PrivateMessage, TransferOffer, TransferReady, UserOk, Welcome,
+    MsgSent, MsgTo, P2PVideo, PrivateMessage, TransferEnded, TransferOffer, TransferReady, UserOk, Welcome,
 )
 from tests.harness import PASSWORDS, ROOT, ServerProcess, WireClient, wait_for
 
@@ -265,13 +265,15 @@ def test_p2pvideo_setup(server: ServerProcess) -> None:
     (target,) = ready.targets
     assert (target.audience, target.ip, target.udp_port) == ("Luke", "127.0.0.1", 7002)
     offer = luke.recv()
-    assert offer == TransferOffer("Yoda", "test.mp4", 1234, "127.0.0.1", 7001, target.transfer_id)
+    assert offer == TransferOffer("Yoda", "test.mp4", 1234, "127.0.0.1", 7001, target.transfer_id, target.key)
     yoda.send(P2PVideo("Yoda", "test.mp4", 1))
     assert error_text(yoda) == "Error. You cannot send a file to yourself."
     yoda.send(P2PVideo("Ghost", "test.mp4", 1))
     assert error_text(yoda) == "Error. User Ghost does not exist."
     yoda.send(P2PVideo("Leia", "test.mp4", 1))
     assert error_text(yoda) == "Leia is offline"
+    luke.close()  # Luke's connection drops mid-transfer: Yoda hears of it at once
+    assert yoda.recv() == TransferEnded(target.transfer_id, "Luke")
 
 
 def test_groupvideo_setup_targets_joined_active_members(server: ServerProcess) -> None:

@@ -35,8 +35,9 @@ TID = bytes(range(16))
 OTHER_TID = bytes(range(1, 17))
 
 Endpoint = Union[Sender, Receiver]
-# A channel hook sees (datagram, rng, now) and returns the datagram to deliver or None to drop.
-Hook = Callable[[bytes, random.Random, float], Union[bytes, None]]
+# A channel hook sees (datagram, rng, now) and returns the datagram to deliver, None to drop
+# it, or a list of datagrams to deliver in its place (forgeries beside it, say).
+Hook = Callable[[bytes, random.Random, float], Union[bytes, None, list[bytes]]]
 
 
 @dataclass
@@ -133,21 +134,20 @@ class Simulation:
                     continue
                 flow.step(now)
                 for endpoint, link, to_sender in ((flow.sender, self.forward, False), (flow.receiver, self.backward, True)):
-                    for datagram in endpoint.datagrams_to_send():
-                        if link.hook is not None:
-                            hooked = link.hook(datagram, rng, now)
-                            if hooked is None:
+                    for sent in endpoint.datagrams_to_send():
+                        hooked = [sent] if link.hook is None else link.hook(sent, rng, now)
+                        if not isinstance(hooked, list):  # a hook may also inject datagrams of its own
+                            hooked = [] if hooked is None else [hooked]
+                        for datagram in hooked:
+                            if rng.random() < link.loss:
                                 continue
-                            datagram = hooked
-                        if rng.random() < link.loss:
-                            continue
-                        departure = link.depart(len(datagram), now)
-                        if departure is None:
-                            continue
-                        for _ in range(2 if rng.random() < link.dup else 1):
-                            arrival = departure + link.delay + rng.random() * link.jitter
-                            heapq.heappush(in_flight, (arrival, order, flow, to_sender, datagram))
-                            order += 1
+                            departure = link.depart(len(datagram), now)
+                            if departure is None:
+                                continue
+                            for _ in range(2 if rng.random() < link.dup else 1):
+                                arrival = departure + link.delay + rng.random() * link.jitter
+                                heapq.heappush(in_flight, (arrival, order, flow, to_sender, datagram))
+                                order += 1
                 flow.collect(now)
                 candidates += [d for d in (flow.sender.next_deadline(), flow.receiver.next_deadline()) if d is not None]
             if in_flight:
@@ -227,7 +227,8 @@ def assert_consistent(outcome: Outcome, content: bytes) -> None:
 
 
 def test_each_kind_round_trips() -> None:
-    assert wire.decode_hello(wire.encode_hello(TID, 123_456, 1_472)) == (123_456, 1_472)
+    assert wire.decode_hello(wire.encode_hello(TID, 123_456, 1_472)) == (123_456, 1_472, 0, bytes(32))
+    assert wire.decode_hello(wire.encode_hello(TID, 1, 2, 2**40, b"d" * 32)) == (1, 2, 2**40, b"d" * 32)
     assert wire.decode_ack(wire.encode_ack(TID, 7, 9, 0b1010_0000)) == (7, 9, 0b1010_0000)
     assert wire.decode_ack(wire.encode_ack(TID, 7, wire.NO_CHUNK, 0)) == (7, wire.NO_CHUNK, 0)
     digest = hashlib.sha256(b"x").digest()

@@ -7,9 +7,12 @@ datagrams; files live in ``MemoryStorage``; time is a number advanced to the nex
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -17,7 +20,7 @@ from hypothesis import given, settings, strategies as st
 from core.client_session import Address, Datagrams, Effect, Print, Status, Upload
 from core.messages import TransferOffer, TransferReady, TransferTarget
 from core.transfer import State
-from core.transfer_wire import Kind, decode_abort, decode_hello, encode_abort, encode_hello
+from core.transfer_wire import TAG_SIZE, Kind, Mac, decode_abort, decode_hello, encode_abort, encode_hello
 from core.transfers import STATUS_INTERVAL, TransferEngine, human_size, refusal, temporary_name
 
 YODA: Address = ("10.0.0.1", 5001)
@@ -68,6 +71,7 @@ class MemoryStorage:
     open_sinks: int = 0
     largest_read: int = 0
     disk_full: bool = False
+    records: dict[str, tuple[int, int, bytes]] = field(default_factory=dict)  # resume records
 
     def open_source(self, path: str) -> MemorySource:
         if path not in self.sources:
@@ -84,9 +88,26 @@ class MemoryStorage:
 
     def commit(self, temporary: str, final: str) -> None:
         self.files[final] = self.files.pop(temporary)
+        self.records.pop(temporary, None)
 
     def discard(self, name: str) -> None:
         self.files.pop(name, None)
+        self.records.pop(name, None)
+
+    def checkpoint(self, name: str, size: int, offset: int, digest: bytes) -> None:
+        self.records[name] = (size, offset, digest)
+
+    def resume(self, name: str, size: int) -> tuple[int, Any, MemorySink] | None:
+        record = self.records.get(name)
+        if record is None or record[0] != size or name not in self.files:
+            return None
+        offset, digest = record[1], record[2]
+        prefix = hashlib.sha256(self.files[name][:offset])
+        if prefix.digest() != digest:
+            return None
+        del self.files[name][offset:]
+        self.open_sinks += 1
+        return offset, prefix, MemorySink(self, name)
 
 
 # --- an in-memory network --------------------------------------------------------------------
@@ -170,19 +191,27 @@ def tid(n: int) -> str:
     return f"{n:032x}"
 
 
+def key(n: int) -> str:
+    return f"{n:064x}"
+
+
+def mac(n: int) -> Mac:
+    return Mac(bytes.fromhex(key(n)))
+
+
 def send(net: Net, presenter: Node, audience: list[Node], filename: str, data: bytes, *,
          group: str | None = None, first: int = 1) -> None:
     """What the server does for /p2pvideo (or /groupvideo): transfer_ready to the presenter,
     transfer_offer to each audience member."""
     path = f"videos/{filename}"
     presenter.storage.sources[path] = data
-    targets = [TransferTarget(NAMES[a.address], a.address[0], a.address[1], tid(first + i))
+    targets = [TransferTarget(NAMES[a.address], a.address[0], a.address[1], tid(first + i), key(first + i))
                for i, a in enumerate(audience)]
     ready = TransferReady(filename, targets)
     net.apply(presenter, presenter.engine.upload(Upload(path, ready, len(data), group), net.now))
     for target, node in zip(targets, audience):
         offer = TransferOffer(NAMES[presenter.address], filename, len(data), presenter.address[0],
-                              presenter.address[1], target.transfer_id)
+                              presenter.address[1], target.transfer_id, target.key)
         net.apply(node, node.engine.download(offer, net.now))
 
 
@@ -199,7 +228,7 @@ def test_a_file_arrives_under_the_presenters_name_and_both_sides_say_so() -> Non
     send(net, yoda, [luke], "test.mp4", data)
     net.run(lambda: "test.mp4 has been uploaded" in yoda.lines)
     assert yoda.lines == ["Sending test.mp4 (48.8 KiB) to Luke.", "test.mp4 has been uploaded"]
-    assert luke.lines == ["Receiving test.mp4 (48.8 KiB) from Yoda.", "Received test.mp4 from Yoda"]
+    assert luke.lines == ["Receiving test.mp4 (48.8 KiB) from Yoda.", "Received test.mp4 from Yoda (saved as Yoda_test.mp4)"]
     assert luke.storage.files == {"Yoda_test.mp4": data}
     assert yoda.storage.open_sources == 0 and luke.storage.open_sinks == 0
     net.settle()
@@ -211,7 +240,7 @@ def test_an_empty_file() -> None:
     send(net, yoda, [luke], "empty", b"")
     net.run(lambda: len(luke.lines) == 2 and len(yoda.lines) == 2)
     assert yoda.lines[-1] == "empty has been uploaded"
-    assert luke.lines[-1] == "Received empty from Yoda"
+    assert luke.lines[-1] == "Received empty from Yoda (saved as Yoda_empty)"
     assert luke.storage.files == {"Yoda_empty": b""}
 
 
@@ -224,7 +253,7 @@ def test_lost_duplicated_reordered_datagrams_still_give_the_same_file(size: int,
     send(net, yoda, [luke], "clip", data)
     net.run(lambda: len(yoda.lines) == 2 and len(luke.lines) == 2, limit=600)
     assert yoda.lines[-1] == "clip has been uploaded"
-    assert luke.lines[-1] == "Received clip from Yoda"
+    assert luke.lines[-1] == "Received clip from Yoda (saved as Yoda_clip)"
     assert luke.storage.files == {"Yoda_clip": data}
 
 
@@ -255,7 +284,7 @@ def test_transfers_both_ways_at_once() -> None:
     one, two = os.urandom(20_000), os.urandom(30_000)
     send(net, yoda, [luke], "one", one, first=1)
     send(net, luke, [yoda], "two", two, first=2)
-    net.run(lambda: "Received two from Luke" in yoda.lines and "Received one from Yoda" in luke.lines)
+    net.run(lambda: "Received two from Luke (saved as Luke_two)" in yoda.lines and "Received one from Yoda (saved as Yoda_one)" in luke.lines)
     net.run(lambda: "one has been uploaded" in yoda.lines and "two has been uploaded" in luke.lines)
     assert yoda.storage.files == {"Luke_two": two}
     assert luke.storage.files == {"Yoda_one": one}
@@ -292,11 +321,11 @@ def test_downloads_share_the_receive_window() -> None:
     luke = net.add(LUKE, receive_window=6_000_000)
     hellos = []
     for n in (1, 2):
-        offer = TransferOffer("Yoda", f"f{n}", 10, *YODA, tid(n))
+        offer = TransferOffer("Yoda", f"f{n}", 10, *YODA, tid(n), key(n))
         (effect,) = [e for e in luke.engine.download(offer, 0.0) if isinstance(e, Datagrams)]
-        hellos.append(decode_hello(effect.datagrams[0]))
-    assert [window for window, _ in hellos] == [6_000_000, 3_000_000]
-    assert {largest for _, largest in hellos} == {200}  # the --datagram-size flag caps what it accepts
+        hellos.append(decode_hello(effect.datagrams[0][:-TAG_SIZE]))
+    assert [hello[0] for hello in hellos] == [6_000_000, 3_000_000]
+    assert {hello[1] for hello in hellos} == {200}  # the --datagram-size flag caps what it accepts
 
 
 # --- failures ------------------------------------------------------------------------------
@@ -304,9 +333,9 @@ def test_downloads_share_the_receive_window() -> None:
 def test_a_missing_file_fails_each_target_and_tells_the_receiver() -> None:
     net = Net()
     yoda, luke = net.add(YODA), net.add(LUKE)
-    ready = TransferReady("gone.mp4", [TransferTarget("Luke", *LUKE, tid(1))])
+    ready = TransferReady("gone.mp4", [TransferTarget("Luke", *LUKE, tid(1), key(1))])
     net.apply(yoda, yoda.engine.upload(Upload("gone.mp4", ready, 10), 0.0))
-    net.apply(luke, luke.engine.download(TransferOffer("Yoda", "gone.mp4", 10, *YODA, tid(1)), 0.0))
+    net.apply(luke, luke.engine.download(TransferOffer("Yoda", "gone.mp4", 10, *YODA, tid(1), key(1)), 0.0))
     net.run(lambda: len(luke.lines) == 2)
     assert yoda.lines == ["Sending gone.mp4 (10 bytes) to Luke.",
                           "Error. Transfer of gone.mp4 to Luke failed: cannot read the file: No such file or directory"]
@@ -319,7 +348,7 @@ def test_a_file_that_changed_size_is_not_sent() -> None:
     net = Net()
     yoda = net.add(YODA)
     yoda.storage.sources["f"] = b"12345"
-    ready = TransferReady("f", [TransferTarget("Luke", *LUKE, tid(1))])
+    ready = TransferReady("f", [TransferTarget("Luke", *LUKE, tid(1), key(1))])
     net.apply(yoda, yoda.engine.upload(Upload("f", ready, 9), 0.0))
     assert yoda.lines[-1] == "Error. Transfer of f to Luke failed: the file changed size since the command was given"
 
@@ -336,15 +365,19 @@ def test_a_full_disk_fails_both_sides_and_leaves_nothing() -> None:
     assert luke.storage.files == {} and luke.storage.open_sinks == 0
 
 
-def test_closing_mid_transfer_aborts_both_sides_and_removes_the_partial_file() -> None:
+def test_closing_mid_transfer_aborts_both_sides_and_keeps_the_partial_file_for_a_resume() -> None:
     net = Net(per_millisecond=20)
     yoda, luke = net.add(YODA), net.add(LUKE)
-    send(net, yoda, [luke], "big", os.urandom(200_000))
+    data = os.urandom(200_000)
+    send(net, yoda, [luke], "big", data)
     net.run(lambda: any(len(f) > 1000 for f in luke.storage.files.values()))
     net.apply(luke, luke.engine.close(net.now, "Luke logged out"))
-    assert luke.lines[-1] == "Error. Receiving big from Yoda failed: Luke logged out"
-    assert luke.storage.files == {} and luke.storage.open_sinks == 0
-    assert luke.sent[-1][0][1] == Kind.ABORT and decode_abort(luke.sent[-1][0]) == "Luke logged out"
+    assert luke.lines[-1].startswith("Error. Receiving big from Yoda failed: Luke logged out (the ")
+    assert luke.lines[-1].endswith("% received is kept: sending the file again resumes there)")
+    (name, kept), = luke.storage.files.items()
+    assert name == ".Yoda_big.part" and data.startswith(kept) and luke.storage.open_sinks == 0
+    assert luke.storage.records[name] == (len(data), len(kept), hashlib.sha256(kept).digest())
+    assert luke.sent[-1][0][1] == Kind.ABORT and decode_abort(luke.sent[-1][0][:-TAG_SIZE]) == "Luke logged out"
     assert luke.engine.active() == 0 and luke.engine.deadline() is None
     net.run(lambda: len(yoda.lines) == 2)
     assert yoda.lines[1] == "Error. Transfer of big to Luke failed: receiver aborted: Luke logged out"
@@ -383,14 +416,14 @@ def test_a_vanished_receiver_fails_the_sender_within_the_give_up_time() -> None:
 def test_a_forged_offer_with_an_unsafe_name_is_refused(presenter: str, filename: str, reason: str) -> None:
     net = Net()
     luke = net.add(LUKE)
-    effects = luke.engine.download(TransferOffer(presenter, filename, 10, *YODA, tid(1)), 0.0)
+    effects = luke.engine.download(TransferOffer(presenter, filename, 10, *YODA, tid(1), key(1)), 0.0)
     net.apply(luke, effects)
     assert luke.lines == [f"Error. Refused {filename} from {presenter}: {reason}."]
     assert luke.storage.files == {}  # nothing created, not even a temporary file
     # the presenter is told at once, and never gets a HELLO (so never starts sending)
-    assert [(d[1], decode_abort(d), a) for d, a in luke.sent] == [(Kind.ABORT, reason, YODA)]
+    assert [(d[1], decode_abort(d[:-TAG_SIZE]), a) for d, a in luke.sent] == [(Kind.ABORT, reason, YODA)]
     # its DATA changes nothing afterwards
-    net.apply(luke, luke.engine.datagram(encode_hello(bytes.fromhex(tid(1)), 1, 1500), YODA, 0.1))
+    net.apply(luke, luke.engine.datagram(mac(1).seal(encode_hello(bytes.fromhex(tid(1)), 1, 1500)), YODA, 0.1))
     assert luke.storage.files == {} and luke.lines == [f"Error. Refused {filename} from {presenter}: {reason}."]
 
 
@@ -408,20 +441,23 @@ def test_only_the_announced_transfer_from_the_announced_address_gets_through() -
     yoda, luke = net.add(YODA), net.add(LUKE)
     data = os.urandom(20_000)
     send(net, yoda, [luke], "clip", data)
-    net.run(lambda: len(luke.storage.files[".Yoda_clip." + tid(1) + ".part"]) > 0)
+    net.run(lambda: len(luke.storage.files[".Yoda_clip.part"]) > 0)
     receiver = luke.engine._transfers[bytes.fromhex(tid(1))].endpoint
     received = receiver.bytes_received
     mallory = ("10.0.0.9", 6666)
     forged = [
         os.urandom(100), b"", b"\x71", bytes(18),
-        encode_abort(bytes.fromhex(tid(1)), "forged"),  # the right id, from the wrong address
+        mac(1).seal(encode_abort(bytes.fromhex(tid(1)), "forged")),  # the right id and key, the wrong address
         encode_abort(bytes.fromhex(tid(9)), "forged"),  # a wrong id
         bytes([0x71, 2]) + bytes.fromhex(tid(1)) + os.urandom(200),  # a DATA with the right id
     ]
     for datagram in forged:
         assert luke.engine.datagram(datagram, mallory, net.now) == []
     assert luke.engine.datagram(encode_abort(bytes.fromhex(tid(9)), "forged"), YODA, net.now) == []
-    assert luke.engine.datagram(encode_abort(bytes.fromhex(tid(1)), "forged"), (YODA[0], YODA[1] + 1), net.now) == []
+    assert luke.engine.datagram(mac(1).seal(encode_abort(bytes.fromhex(tid(1)), "forged")), (YODA[0], YODA[1] + 1),
+                                net.now) == []
+    assert luke.engine.datagram(encode_abort(bytes.fromhex(tid(1)), "forged"), YODA, net.now) == []  # no tag
+    assert luke.engine.datagram(mac(2).seal(encode_abort(bytes.fromhex(tid(1)), "forged")), YODA, net.now) == []
     assert receiver.state is State.RUNNING and receiver.bytes_received == received
     net.run(lambda: len(luke.lines) == 2)
     assert luke.storage.files == {"Yoda_clip": data}
@@ -430,11 +466,11 @@ def test_only_the_announced_transfer_from_the_announced_address_gets_through() -
 def test_a_hello_that_comes_before_the_transfer_ready_is_used() -> None:
     net = Net()
     yoda, luke = net.add(YODA), net.add(LUKE)
-    offer = TransferOffer("Yoda", "f", 1000, *YODA, tid(1))
+    offer = TransferOffer("Yoda", "f", 1000, *YODA, tid(1), key(1))
     (hello,) = [e for e in luke.engine.download(offer, 0.0) if isinstance(e, Datagrams)]
     assert yoda.engine.datagram(hello.datagrams[0], LUKE, 0.0) == []  # unknown yet: kept
     yoda.storage.sources["f"] = bytes(1000)
-    ready = TransferReady("f", [TransferTarget("Luke", *LUKE, tid(1))])
+    ready = TransferReady("f", [TransferTarget("Luke", *LUKE, tid(1), key(1))])
     yoda.engine.upload(Upload("f", ready, 1000), 0.01)
     sender = yoda.engine._transfers[bytes.fromhex(tid(1))].endpoint
     assert sender.state is State.RUNNING and sender.want_data() > 0  # no wait for the next HELLO
@@ -443,15 +479,26 @@ def test_a_hello_that_comes_before_the_transfer_ready_is_used() -> None:
 def test_a_hello_from_elsewhere_is_not_used() -> None:
     net = Net()
     yoda = net.add(YODA)
-    yoda.engine.datagram(encode_hello(bytes.fromhex(tid(1)), 10**6, 1500), ("10.0.0.9", 1), 0.0)
+    yoda.engine.datagram(mac(1).seal(encode_hello(bytes.fromhex(tid(1)), 10**6, 1500)), ("10.0.0.9", 1), 0.0)
     yoda.storage.sources["f"] = bytes(1000)
-    yoda.engine.upload(Upload("f", TransferReady("f", [TransferTarget("Luke", *LUKE, tid(1))]), 1000), 0.01)
+    yoda.engine.upload(Upload("f", TransferReady("f", [TransferTarget("Luke", *LUKE, tid(1), key(1))]), 1000), 0.01)
     assert yoda.engine._transfers[bytes.fromhex(tid(1))].endpoint.state is State.SETUP
+
+
+def test_without_authentication_both_sides_send_no_tags_and_the_file_arrives() -> None:
+    net = Net()
+    yoda, luke = net.add(YODA, authenticate=False), net.add(LUKE, authenticate=False)
+    data = os.urandom(20_000)
+    send(net, yoda, [luke], "f", data)
+    net.run(lambda: "f has been uploaded" in yoda.lines)
+    assert luke.storage.files["Yoda_f"] == data
+    hello = next(d for d, _ in luke.sent if d[1] == Kind.HELLO)
+    assert decode_hello(hello) is not None  # no tag after the fields
 
 
 def test_a_repeated_offer_is_ignored() -> None:
     luke = Net().add(LUKE)
-    offer = TransferOffer("Yoda", "f", 10, *YODA, tid(1))
+    offer = TransferOffer("Yoda", "f", 10, *YODA, tid(1), key(1))
     assert luke.engine.download(offer, 0.0)
     assert luke.engine.download(offer, 0.0) == []
 
@@ -464,7 +511,9 @@ def test_progress_is_shown_at_most_five_times_a_second_and_then_removed() -> Non
     send(net, yoda, [luke], "big", os.urandom(100_000))
     net.run(lambda: len(yoda.lines) == 2, limit=600)
     shown = [(t, text) for t, text in yoda.status if text]
-    assert shown and all(text.startswith("big to Luke: ") and "% at " in text for _, text in shown)
+    assert shown and all(re.fullmatch(r"big to Luke: \d+% \d+\.\d/97\.7 KiB( \d+\.\d MB/s ETA \d:\d\d)?", text)
+                         for _, text in shown)
+    assert any("ETA" in text for _, text in shown)
     times = [t for t, _ in shown]
     assert all(b - a >= STATUS_INTERVAL - 1e-9 for a, b in zip(times, times[1:]))
     assert yoda.status[-1][1] is None
@@ -483,10 +532,10 @@ def test_a_refusal_that_comes_before_the_transfer_ready_still_reaches_the_presen
     net = Net()
     yoda, luke = net.add(YODA), net.add(LUKE, max_receive_size=10)
     yoda.storage.sources["videos/f"] = bytes(100)
-    offer = TransferOffer("Yoda", "f", 100, *YODA, tid(7))
+    offer = TransferOffer("Yoda", "f", 100, *YODA, tid(7), key(7))
     (abort,) = [e for e in luke.engine.download(offer, 0.0) if isinstance(e, Datagrams)]
     assert yoda.engine.datagram(abort.datagrams[0], LUKE, 0.0) == []  # unknown yet: kept
-    ready = TransferReady("f", [TransferTarget("Luke", *LUKE, tid(7))])
+    ready = TransferReady("f", [TransferTarget("Luke", *LUKE, tid(7), key(7))])
     net.apply(yoda, yoda.engine.upload(Upload("videos/f", ready, 100), 0.01))
     assert yoda.lines[-1] == ("Error. Transfer of f to Luke failed: receiver aborted: the file (100 bytes) "
                               "exceeds the limit of 10 bytes (--max-receive-size)")
