@@ -5,7 +5,7 @@
 Builds two namespaces joined by a veth pair, shapes the sender's side with
 ``tc qdisc add dev X root tbf rate R burst 32kbit latency 50ms`` and runs the transfer
 engine between them (``bench/transfer_loopback.py``'s ``TransferLoop``: the client's select
-loop, ``client.DatagramPort``), each peer a process inside its namespace. Cases: 50 and
+loop, ``shell.datagrams.DatagramPort``), each peer a process inside its namespace. Cases: 50 and
 10 Mbit/s; 50 Mbit/s shared with a long-running TCP flow started first; 50 Mbit/s with 1%
 of the datagrams arriving in the receiving namespace dropped
 (``iptables -m statistic --mode random --probability 0.01 -j DROP``). Reported per case:

@@ -14,7 +14,7 @@ runs with every datagram authenticated (a per-transfer key, as the client always
 without (no key: the cost of the MACs is the ratio of the two, from the same run).
 
 What the client does at the edges is the client's own code, not a copy: datagrams go
-through ``client.DatagramPort`` (batched by the kernel: UDP GSO/GRO;
+through ``shell.datagrams.DatagramPort`` (batched by the kernel: UDP GSO/GRO;
 ``--no-offload`` sends and reads one per system call), files are written by
 ``shell.storage.write_chunks``, and each process keeps freed memory as ``client.py`` does.
 
@@ -44,7 +44,6 @@ from typing import Any, Sequence, Union
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client import DatagramPort, keep_freed_memory
 from core.transfer import (
     Completed,
     Data,
@@ -56,6 +55,7 @@ from core.transfer import (
     peek_transfer_id,
 )
 from core.transfer_wire import DATA_HEADER_SIZE, TAG_SIZE, Kind
+from shell.datagrams import DatagramPort, keep_freed_memory
 from shell.storage import write_chunks
 
 _DATA = int(Kind.DATA)

@@ -10,7 +10,7 @@ this machine, and is reported beside the sender's rate and the loss. ``--loss`` 
 fraction of datagrams at the sender (they are not sent), for comparison with a lossy
 transfer run.
 
-The blast moves datagrams the way the client does (``client.DatagramPort``): on
+The blast moves datagrams the way the client does (``shell.datagrams.DatagramPort``): on
 Linux, runs of them per system call (UDP GSO to send, GRO to receive), so that it stays a
 ceiling for the client; ``--no-offload`` sends and receives one datagram per call.
 """

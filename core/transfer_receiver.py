@@ -7,7 +7,7 @@ from typing import Any
 
 from core import transfer_wire as wire
 
-from .transfer import (
+from .transfer_common import (
     ACK_DELAY, DEFAULT_WINDOW, GIVE_UP, HELLO_INTERVAL, MAX_RTO, MAX_WINDOW_CHUNKS, MIN_DATAGRAM_SIZE,
     _ABORT, _COMMON_SIZE, _DATA, _FIN, _HEADER, _MAGIC, _MAX_CHUNKS, Completed, Data,
     ReceiverEvent, State, _data_fields, _Endpoint, footprint,

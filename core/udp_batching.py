@@ -3,7 +3,7 @@
 On Linux one ``sendmsg`` can carry a run of datagrams that the kernel cuts into datagrams of
 a given size (UDP GSO), and one read can return such a run coalesced (UDP GRO), so a
 transfer of small datagrams costs a system call per run instead of per datagram. The
-datagrams on the wire are the same. These are the pure rules; ``client.py``'s
+datagrams on the wire are the same. These are the pure rules; ``shell/datagrams.py``'s
 ``DatagramPort`` does the socket calls.
 """
 

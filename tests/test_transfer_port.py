@@ -1,4 +1,4 @@
-"""DatagramPort (client.py) and the batching rules (core/udp_batching.py): the transfers' datagrams through one UDP socket, batched
+"""DatagramPort (shell/datagrams.py) and the batching rules (core/udp_batching.py): the transfers' datagrams through one UDP socket, batched
 by the kernel where it can (UDP GSO/GRO), and never reordered, merged or cut otherwise."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Iterator
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from client import DatagramPort
 from core.udp_batching import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SOL_UDP, UDP_GRO, gro_segment_size, gso_run_end
+from shell.datagrams import DatagramPort
 
 LINUX = sys.platform.startswith("linux")
 

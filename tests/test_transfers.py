@@ -508,10 +508,10 @@ def test_a_repeated_offer_is_ignored() -> None:
 def test_progress_is_shown_at_most_five_times_a_second_and_then_removed() -> None:
     net = Net(loss=0.2, seed=1, per_millisecond=20)
     yoda, luke = net.add(YODA, show_progress=True), net.add(LUKE)
-    send(net, yoda, [luke], "big", os.urandom(100_000))
-    net.run(lambda: len(yoda.lines) == 2, limit=600)
+    send(net, yoda, [luke], "big", os.urandom(400_000))  # long enough for several progress lines
+    net.run(lambda: len(yoda.lines) == 2, limit=2400)
     shown = [(t, text) for t, text in yoda.status if text]
-    assert shown and all(re.fullmatch(r"big to Luke: \d+% \d+\.\d/97\.7 KiB( \d+\.\d MB/s ETA \d:\d\d)?", text)
+    assert shown and all(re.fullmatch(r"big to Luke: \d+% \d+\.\d/390\.6 KiB( \d+\.\d MB/s ETA \d:\d\d)?", text)
                          for _, text in shown)
     assert any("ETA" in text for _, text in shown)
     times = [t for t, _ in shown]
