@@ -231,7 +231,10 @@ class ServerProcess:
         command = [sys.executable]
         if profile is not None:
             command += profiling.server_prefix(profile)
-        command += [str(SERVER), "0", "3", "--host", HOST, "--data-dir", str(data_dir), "--quiet", *(extra or [])]
+        command += [str(SERVER), "0", "3", "--host", HOST, "--data-dir", str(data_dir), "--quiet",
+                    # the load comes from one address, as fast as it can: no flood control, no per-address limits
+                    "--flood-rate", "0", "--per-address", "0", "--per-address-waiting", "0", "--per-address-rate", "0",
+                    *(extra or [])]
         server = cls(command, data_dir, "server")
         if profile is not None:
             server.spy = profiling.attach(server.pid, profile)

@@ -191,9 +191,6 @@ class Chat:
         self.groups: dict[str, Group] = {}
         self.clock = logformat.Clock()
         self.presence_version = 0  # bumps whenever ``active`` changes
-        # userlog.txt as it stands, or None after a logout renumbered it: logins only append
-        # (cheap even with 10,000 users), a logout rebuilds it once from the stored entries
-        self._userlog: str | None = ""
 
     # --- connections ---------------------------------------------------------------------
 
@@ -207,7 +204,6 @@ class Chat:
             return []
         del self.active[session.username]
         self.presence_version += 1
-        self._userlog = None
         return [*self._end_transfers(session), Announce(f"{session.username} logout")]
 
     def handle(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
@@ -277,8 +273,6 @@ class Chat:
         session.userlog_entry = logformat.userlog_entry(timestamp, username, session.ip, request.udp_port)
         self.active[username] = session
         self.presence_version += 1
-        if self._userlog is not None:
-            self._userlog += f"{len(self.active)}{session.userlog_entry}"
         return [
             Send((session.conn,), Welcome(username)),
             Announce(f"{username} login from {session.ip} (UDP port {request.udp_port}) at {timestamp}."),
@@ -469,12 +463,27 @@ class Chat:
     # --- presence ------------------------------------------------------------------------
 
     def userlog(self) -> str:
-        """The whole of ``userlog.txt`` for the users active now."""
-        if self._userlog is None:
-            self._userlog = "".join(
-                [f"{seq}{s.userlog_entry}" for seq, s in enumerate(self.active.values(), start=1)]
-            )
-        return self._userlog
+        """The whole of ``userlog.txt`` for the users active now (built from the stored lines:
+        the shell rewrites the file at most a few times a second, however many log in or out)."""
+        return "".join([f"{seq}{s.userlog_entry}" for seq, s in enumerate(self.active.values(), start=1)])
+
+    def unstored(self, log: str, lines: list[str]) -> None:
+        """The shell could not store ``lines``, the last ones given for ``log``: their requests
+        were refused, never acknowledged, so their numbers are given out again, and a group
+        whose log could not even be created was not created."""
+        numbered = sum(1 for line in lines if line)
+        if log == logformat.MESSAGELOG:
+            self.messages -= numbered
+            return
+        name = logformat.group_of_log(log)
+        group = self.groups.get(name) if name is not None else None
+        if group is None:
+            return
+        if "" in lines:  # its creation was among them: it never was, and counts for no quota
+            del self.groups[name]
+            self.groups_created[group.creator] -= 1
+        else:
+            group.messages -= numbered
 
     def address_of(self, username: str) -> tuple[str, int] | None:
         """The (IP, UDP port) of an active user, for a peer-to-peer transfer."""

@@ -506,9 +506,9 @@ class WriterLogs:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._logs, name)
 
-    def write_userlog(self, content: str) -> None:
-        if self._node.is_writer():
-            self._logs.write_userlog(content)
+    def write_userlog(self, content: str) -> bool:
+        """False when it could not be written (the server then refuses the logins it lists)."""
+        return self._logs.write_userlog(content) if self._node.is_writer() else True
 
     def close(self) -> None:
         self._node.closed = True  # a stopping node writes nothing more, not even an empty userlog

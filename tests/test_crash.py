@@ -73,7 +73,8 @@ def test_kill_9_during_a_message_storm_loses_no_acknowledged_message(tmp_path: P
     acked_private: list[str] = []
     acked_group: list[str] = []
     for cycle, kill_after in enumerate([300, 1200, 2500]):
-        server = ServerProcess(tmp_path, 3, "--quiet", *flags)  # each start repairs the last crash
+        # a storm from one client: no flood control, which would slow it (tested elsewhere)
+        server = ServerProcess(tmp_path, 3, "--quiet", "--flood-rate", "0", *flags)  # each start repairs the last crash
         assert server.log("userlog.txt") == ""
         private, group = storm_until_killed(server, cycle, kill_after)
         assert len(private) + len(group) >= kill_after
@@ -128,7 +129,6 @@ def test_a_shutdown_after_an_interrupted_flush_writes_no_line_twice(tmp_path: Pa
     logs = Logs(tmp_path, False)
     logs.append("messagelog.txt", WHOLE)
     logs.append("x/y_messagelog.txt", "cannot be opened\n")  # fails after the first file is written
-    with pytest.raises(OSError):
-        logs.flush()
+    assert logs.flush() == {"x/y_messagelog.txt"}
     logs.close()
     assert (tmp_path / "messagelog.txt").read_text() == WHOLE

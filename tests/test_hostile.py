@@ -14,7 +14,9 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import pytest
 
 from hypothesis import given, settings, strategies as st
 
@@ -97,7 +99,17 @@ ATTACKS = [
 ]
 
 
-def test_hostile_clients_while_honest_clients_chat(server: ServerProcess) -> None:
+@pytest.fixture
+def unthrottled(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server without flood control: the flood below is answered at once (fakelag is tested
+    in test_abuse.py)."""
+    server = ServerProcess(tmp_path, 3, "--flood-rate", "0")
+    yield server
+    server.stop()
+
+
+def test_hostile_clients_while_honest_clients_chat(unthrottled: ServerProcess) -> None:
+    server = unthrottled
     yoda, luke = login(server, "Yoda"), login(server, "Luke")
     flooder = login(server, "Hans")  # 10,000 requests in one burst; read only at the end
     flooder.send_raw(json_frame({"type": "msgto", "receivers": ["Ghost"], "text": "flood"}) * 10_000)

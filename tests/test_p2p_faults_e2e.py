@@ -126,8 +126,11 @@ def test_a_killed_audience_started_again_gets_only_the_missing_part(
 
 
 def test_an_offer_flood_leaves_the_receiver_responsive_and_its_file_descriptors_alone(
-    server: ServerProcess, start: Start
+    start: Start, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    (tmp_path / "flood-server").mkdir()
+    server = ServerProcess(tmp_path / "flood-server", 3, "--flood-rate", "0")  # 1,000 offers at once: no fakelag
+    request.addfinalizer(server.stop)
     luke = start(server, "Luke", "--max-incoming", "4")
     descriptors = f"/proc/{luke.process.pid}/fd"
     before = len(os.listdir(descriptors))
