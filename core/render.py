@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .fields import joins
 from .messages import (
     ActiveUsers, Bye, Error, GroupCreated, GroupInvite, GroupJoined, GroupMessage, GroupSent,
-    Message, MsgSent, PrivateMessage, Welcome, joins,
+    Message, MsgSent, PrivateMessage, Welcome,
 )
 
 WELCOME = "Welcome to TESSENGER!"
@@ -20,7 +21,7 @@ NO_OTHER_USER = "no other active user"
 
 def printable(line: str) -> str:
     """``line`` with every non-printable character shown as its escape (``\\x1b``, ``\\u2028``),
-    except zero-width joiners inside emoji (``core.messages.joins``)."""
+    except zero-width joiners inside emoji (``core.fields.joins``)."""
     if line.isprintable():
         return line
     return "".join(
