@@ -44,10 +44,10 @@ from core.login_throttle import LoginThrottle
 from core.rules import Announce, Append, Chat, Close, Effect, Hold, Send, parse_credentials, unusable_accounts
 from shell.connections import LOGIN_FRAME, Batch, Connection, Limits, ReadControl
 from shell.server_console import Console
-from shell.logs import MAX_OPEN_LOGS, Logs  # noqa: F401 (MAX_OPEN_LOGS: part of the server's interface)
+from shell.logs import Logs
 from shell import tls
-from shell.startup import (  # noqa: F401 (RESERVED_FDS: part of the server's interface)
-    RESERVED_FDS, collect_rarely, fail, hash_password, join_cluster, listen, parse_arguments, raise_file_limit,
+from shell.startup import (
+    collect_rarely, fail, hash_password, join_cluster, listen, parse_arguments, raise_file_limit,
 )
 from shell.tls import TLSTransport
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
-from operator import attrgetter
 from typing import Any, Callable, ClassVar, Union, get_args, get_origin, get_type_hints
 
 from core.fields import (  # noqa: F401 -- the field kinds are part of the schema's interface

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from core.framing import FrameDecoder, encode as frame
 from core.messages import Message, encode, replies

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import io
-import os
 import re
 import resource
 import socket
@@ -26,7 +25,7 @@ import pytest
 from core.admission import TOO_MANY
 from core.framing import FrameDecoder, encode as frame
 from core.messages import (
-    ActiveUser, ActiveUsers, CheckUser, Error, Login, MsgSent, MsgTo, PrivateMessage, UserOk, Welcome, encode,
+    ActiveUser, ActiveUsers, CheckUser, Error, Login, MsgSent, MsgTo, PrivateMessage, Welcome, encode,
     replies,
 )
 from core.rules import Chat, parse_credentials

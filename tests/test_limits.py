@@ -28,7 +28,10 @@ from core.messages import (
     UserOk, Welcome, encode,
 )
 from core.rules import Chat
-from server import MAX_OPEN_LOGS, RESERVED_FDS, Limits, Logs, Server
+from server import Server
+from shell.connections import Limits
+from shell.logs import MAX_OPEN_LOGS, Logs
+from shell.startup import RESERVED_FDS
 from tests.harness import PASSWORDS, ROOT, TIMEOUT, LineReader, ServerProcess, WireClient, wait_for
 from tests.test_server import login, userlog_names
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from core.framing import encode as frame
 from core.messages import (
     ActiveUser, ActiveUsers, Bye, CheckUser, CreateGroup, Error, GroupCreated, GroupInvite,
     GroupJoined, GroupMessage, GroupMsg, GroupSent, GroupVideo, JoinGroup, Login, Logout,
