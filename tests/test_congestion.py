@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bench import shaped_link as shaped
 from bench.transfer_loopback import write_random_file
-from core.congestion import LOSS_BACKOFF, MIN_RTT_LIFETIME, PACING_BURST, Controller, Mode
+from core.congestion import CWND_GAIN, LOSS_BACKOFF, MIN_RTT_LIFETIME, MIN_RTT_WINDOW, PACING_BURST, Controller, Mode
 from core.transfer import ETHERNET_DATAGRAM_SIZE, Completed
 from core.transfer_wire import DATA_HEADER_SIZE
 from tests.test_transfer import Link, Outcome, Simulation, content_of
@@ -122,10 +122,11 @@ def test_the_pacer_releases_a_burst_then_wakes_at_the_rate() -> None:
 
 
 def feed_acks(controller: Controller, rate: float, rtt: float, start: float, seconds: float,
-              *, lose_every: int = 0, modes: set[Mode] | None = None) -> float:
+              *, lose_every: int = 0, modes: set[Mode] | None = None, lump: float = 0.0) -> float:
     """Drive the model as a path of ``rate`` bytes/s and ``rtt`` would: one 1,000-byte
     datagram per 1/rate while the window allows, each acknowledged one rtt later; every
-    ``lose_every``-th is lost (and counted resent)."""
+    ``lose_every``-th is lost (and counted resent). ``lump``: ACKs arrive only every so many
+    seconds, all that are due at once (a receiver that is not scheduled meanwhile)."""
     now, sent = start, 0
     step = 1_000 / rate
     pending: list[tuple[float, object]] = []
@@ -136,9 +137,10 @@ def feed_acks(controller: Controller, rate: float, rtt: float, start: float, sec
                 controller.on_resend(1_000, now)
             state = controller.on_send(1_000, 1_000 * len(pending), now, app_limited=False)
             pending.append((now + rtt, state))
-        while pending and pending[0][0] <= now:
-            at, sample = pending.pop(0)
-            controller.on_ack(at, 1_000, sample, rtt, 1_000 * len(pending))  # type: ignore[arg-type]
+        arrive = (now // lump) * lump if lump else now
+        while pending and pending[0][0] <= arrive:
+            _due, sample = pending.pop(0)
+            controller.on_ack(now, 1_000, sample, now - sample.sent, 1_000 * len(pending))  # type: ignore[attr-defined]
             if modes is not None:
                 modes.add(controller.mode)
         now += step
@@ -159,9 +161,24 @@ def test_probe_rtt_comes_when_the_minimum_is_old() -> None:
     modes: set[Mode] = set()
     now = feed_acks(controller, 1e6, 0.02, 0.0, 1.0)
     # a queue now adds 5 ms: the 20 ms minimum ages, and ProbeRTT measures it again
-    feed_acks(controller, 1e6, 0.025, now, MIN_RTT_LIFETIME + 1.0, modes=modes)
+    now = feed_acks(controller, 1e6, 0.025, now, MIN_RTT_LIFETIME + 1.0, modes=modes)
     assert Mode.PROBE_RTT in modes and controller.mode is Mode.PROBE_BW
+    # one ProbeRTT finding a longer RTT (another flow's queue, perhaps) leaves the minimum...
+    assert controller.min_rtt == pytest.approx(0.02)
+    # ...until the old minimum is MIN_RTT_WINDOW old
+    feed_acks(controller, 1e6, 0.025, now, MIN_RTT_WINDOW - MIN_RTT_LIFETIME)
     assert controller.min_rtt == pytest.approx(0.025)
+
+
+def test_acks_arriving_in_lumps_widen_the_window_by_a_lump() -> None:
+    smooth = Controller(1_000, 0.0, ack_delay=0.0)
+    feed_acks(smooth, 1e6, 0.02, 0.0, 2.0)
+    lumpy = Controller(1_000, 0.0, ack_delay=0.0)
+    feed_acks(lumpy, 1e6, 0.02, 0.0, 2.0, lump=0.015)
+    assert lumpy.btlbw == pytest.approx(1e6, rel=0.1)
+    assert smooth.extra_acked <= 3_000  # a few datagrams of rounding
+    assert lumpy.extra_acked >= 10_000  # about 15 ms of the rate at once
+    assert lumpy.cwnd >= CWND_GAIN * lumpy.bdp() + lumpy.extra_acked - 1
 
 
 def test_heavy_loss_caps_the_window_and_the_cap_grows_back() -> None:
