@@ -464,9 +464,10 @@ class Chat:
 
     # --- presence ------------------------------------------------------------------------
 
-    def userlog(self) -> str:
-        """The whole of ``userlog.txt`` for the users active now (from the kept lines: the
-        shell rewrites the file at most a few times a second, however many log in or out)."""
+    def userlog(self) -> memoryview:
+        """The bytes of ``userlog.txt`` for the users active now, valid until the next login or
+        logout (from the kept lines: the shell rewrites the file at most a few times a second,
+        however many log in or out)."""
         return self._userlog.text()
 
     def unstored(self, log: str, lines: list[str]) -> None:

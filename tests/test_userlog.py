@@ -16,25 +16,29 @@ def entry(name: str, port: int = 9) -> str:
     return userlog_entry(TS, name, "10.0.0.1", port)
 
 
+def text(log: UserLog) -> str:
+    return log.text().tobytes().decode()
+
+
 def expected(active: dict[str, int]) -> str:
     return "".join(userlog_line(seq, TS, name, "10.0.0.1", port) for seq, (name, port) in
                    enumerate(active.items(), start=1))
 
 
 def test_empty() -> None:
-    assert UserLog().text() == ""
+    assert text(UserLog()) == ""
 
 
 def test_logins_append_and_a_logout_renumbers_only_what_follows() -> None:
     log = UserLog()
     for port, name in enumerate(["Yoda", "Hans", "Leia", "Luke"]):
         log.add(name, entry(name, port))
-    assert log.text() == expected({"Yoda": 0, "Hans": 1, "Leia": 2, "Luke": 3})
+    assert text(log) == expected({"Yoda": 0, "Hans": 1, "Leia": 2, "Luke": 3})
     log.remove("Hans")
     log.add("Han", entry("Han", 7))
-    assert log.text() == expected({"Yoda": 0, "Leia": 2, "Luke": 3, "Han": 7})
+    assert text(log) == expected({"Yoda": 0, "Leia": 2, "Luke": 3, "Han": 7})
     log.remove("Han")  # the last line: nothing before it moves
-    assert log.text() == expected({"Yoda": 0, "Leia": 2, "Luke": 3})
+    assert text(log) == expected({"Yoda": 0, "Leia": 2, "Luke": 3})
 
 
 def test_logouts_between_two_rewrites() -> None:
@@ -48,7 +52,7 @@ def test_logouts_between_two_rewrites() -> None:
     log.add("g", entry("g"))
     log.remove("g")  # made and gone without a rewrite between
     log.add("b", entry("b", 2))
-    assert log.text() == expected({"a": 9, "c": 9, "d": 9, "f": 9, "b": 2})
+    assert text(log) == expected({"a": 9, "c": 9, "d": 9, "f": 9, "b": 2})
 
 
 operations = st.lists(st.tuples(st.sampled_from(["add", "remove", "text"]), st.integers(0, 7)), max_size=60)
@@ -68,5 +72,28 @@ def test_text_is_exact_whenever_asked(ops: list[tuple[str, int]]) -> None:
             log.remove(name)
             del active[name]
         elif kind == "text":
-            assert log.text() == expected(active)
-    assert log.text() == expected(active)
+            assert text(log) == expected(active)
+    assert text(log) == expected(active)
+
+
+def test_names_beyond_ascii_keep_their_lines_whole() -> None:
+    """Lines are cut by their UTF-8 length: a renumbering after a wide name cuts where it ends."""
+    log = UserLog()
+    for name in ["Zoë", "李小龍", "Yoda", "Ünal"]:
+        log.add(name, entry(name))
+    text(log)
+    log.remove("李小龍")
+    assert text(log) == expected({"Zoë": 9, "Yoda": 9, "Ünal": 9})
+
+
+def test_a_text_still_held_is_left_as_it_was() -> None:
+    """The text given out is a view of the kept bytes: held past the next change, it keeps
+    what it showed, and the next text is right."""
+    log = UserLog()
+    log.add("Yoda", entry("Yoda"))
+    held = log.text()
+    log.add("Hans", entry("Hans"))
+    assert text(log) == expected({"Yoda": 9, "Hans": 9})
+    assert held.tobytes().decode() == expected({"Yoda": 9})
+    log.remove("Yoda")
+    assert text(log) == expected({"Hans": 9})
