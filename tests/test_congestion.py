@@ -181,6 +181,19 @@ def test_acks_arriving_in_lumps_widen_the_window_by_a_lump() -> None:
     assert lumpy.cwnd >= CWND_GAIN * lumpy.bdp() + lumpy.extra_acked - 1
 
 
+def test_the_probing_phase_has_room_in_the_window_to_probe() -> None:
+    controller = Controller(1_000, 0.0, ack_delay=0.0)
+    now = feed_acks(controller, 1e6, 0.02, 0.0, 1.0)
+    windows: dict[float, set[float]] = {}  # pacing gain -> window / BDP seen with it
+    for _ in range(200):  # ProbeBW phases, a few ms at a time
+        now = feed_acks(controller, 1e6, 0.02, now, 0.005)
+        if controller.mode is Mode.PROBE_BW:
+            gain = round(controller.pacing_rate / controller.btlbw, 2)
+            windows.setdefault(gain, set()).add(round((controller.cwnd - controller.extra_acked) / controller.bdp(), 2))
+    assert min(windows[1.25]) >= 1.25  # as much more in flight as the pacing gain sends
+    assert all(ratio == pytest.approx(CWND_GAIN) for gain, seen in windows.items() if gain < 1.25 for ratio in seen)
+
+
 def test_heavy_loss_caps_the_window_and_the_cap_grows_back() -> None:
     controller = Controller(1_000, 0.0, ack_delay=0.0)
     now = feed_acks(controller, 1e6, 0.02, 0.0, 1.0)
