@@ -102,14 +102,14 @@ class Mac:
         """``body`` (not a DATA) with its tag appended."""
         return body + self.tag(body)
 
-    def check_data(self, datagram: bytes, chunk_digest: bytes) -> bool:
-        """True if the DATA ``datagram`` ends with the right tag, ``chunk_digest`` being the
+    def check_data(self, datagram: bytes, digest: bytes) -> bool:
+        """True if the DATA ``datagram`` ends with the right tag, ``digest`` being the
         SHA-256 of its chunk (the receiver needs that hash anyway, so it is passed in)."""
         end = len(datagram) - TAG_SIZE
         if end < DATA_HEADER_SIZE:
             return False
         keyed = self._keyed.copy()
-        keyed.update(datagram[:DATA_HEADER_SIZE] + chunk_digest)
+        keyed.update(datagram[:DATA_HEADER_SIZE] + digest)
         return _compare_digest(keyed.digest(), datagram[end:])
 
     def check(self, datagram: bytes) -> bool:
