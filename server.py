@@ -61,9 +61,9 @@ READ_CHUNK = 64 * 1024
 FRAMES_PER_TURN = 128
 ACCEPTS_PER_TURN = 256
 ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() fails for want of resources
-# userlog.txt is rewritten whole (SEQ renumbers when anyone leaves), so at most once per
-# interval: 10,000 logins in a burst cost a few rewrites, not 10,000. A login is welcomed with
-# the next rewrite, at once when none was made in the last interval.
+# userlog.txt is rewritten whole (SEQ renumbers when anyone leaves; from kept lines, core/userlog.py) at most
+# once per interval, not once per login. A login is welcomed with the next rewrite, at once when none was
+# made in the last interval; so the file is exact again at most one interval after the last change.
 USERLOG_INTERVAL = 0.1
 
 STORAGE_ERROR = "Error. The server cannot store messages right now."

@@ -21,6 +21,7 @@ from .messages import (
     Logout, Message, MsgSent, MsgTo, P2PVideo, PrivateMessage, Request, TransferEnded, TransferOffer,
     TransferReady, TransferTarget, UserOk, Welcome, valid_name, valid_password,
 )
+from .userlog import UserLog
 
 ConnId = int
 DEFAULT_BLOCK_SECONDS = 10.0
@@ -83,7 +84,6 @@ class Session:
     username: str | None = None
     udp_port: int = 0
     since: str = ""
-    userlog_entry: str = ""  # its userlog.txt line but for the SEQ
     held: Login | None = None  # a login waiting for its address's turn (see Hold)
     # The latest transfers this user takes part in (id -> the other side's connection), so
     # the other side hears at once when this user leaves; oldest forgotten beyond a bound.
@@ -191,6 +191,7 @@ class Chat:
         self.groups: dict[str, Group] = {}
         self.clock = logformat.Clock()
         self.presence_version = 0  # bumps whenever ``active`` changes
+        self._userlog = UserLog()  # userlog.txt's lines, in step with ``active``
 
     # --- connections ---------------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class Chat:
         if session is None or session.username is None:
             return []
         del self.active[session.username]
+        self._userlog.remove(session.username)
         self.presence_version += 1
         return [*self._end_transfers(session), Announce(f"{session.username} logout")]
 
@@ -270,8 +272,8 @@ class Chat:
         session.username = username
         session.udp_port = request.udp_port
         session.since = timestamp
-        session.userlog_entry = logformat.userlog_entry(timestamp, username, session.ip, request.udp_port)
         self.active[username] = session
+        self._userlog.add(username, logformat.userlog_entry(timestamp, username, session.ip, request.udp_port))
         self.presence_version += 1
         return [
             Send((session.conn,), Welcome(username)),
@@ -462,10 +464,11 @@ class Chat:
 
     # --- presence ------------------------------------------------------------------------
 
-    def userlog(self) -> str:
-        """The whole of ``userlog.txt`` for the users active now (built from the stored lines:
-        the shell rewrites the file at most a few times a second, however many log in or out)."""
-        return "".join([f"{seq}{s.userlog_entry}" for seq, s in enumerate(self.active.values(), start=1)])
+    def userlog(self) -> memoryview:
+        """The bytes of ``userlog.txt`` for the users active now, valid until the next login or
+        logout (from the kept lines: the shell rewrites the file at most a few times a second,
+        however many log in or out)."""
+        return self._userlog.text()
 
     def unstored(self, log: str, lines: list[str]) -> None:
         """The shell could not store ``lines``, the last ones given for ``log``: their requests

@@ -506,7 +506,7 @@ class WriterLogs:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._logs, name)
 
-    def write_userlog(self, content: str) -> bool:
+    def write_userlog(self, content: str | memoryview) -> bool:
         """False when it could not be written (the server then refuses the logins it lists)."""
         return self._logs.write_userlog(content) if self._node.is_writer() else True
 

@@ -171,16 +171,17 @@ class Logs:
             self.disk.close(f.fd)
         self._files.clear()
 
-    def write_userlog(self, content: str) -> bool:
-        """Replace ``userlog.txt`` atomically (a reader sees the old file or the new one);
-        False when it cannot be written now, the old file left in place."""
+    def write_userlog(self, content: str | memoryview) -> bool:
+        """Replace ``userlog.txt`` atomically (a reader sees the old file or the new one) with
+        ``content`` (text, or its UTF-8 bytes); False when it cannot be written now, the old
+        file left in place."""
         target = self.directory / logformat.USERLOG
         temporary = target.with_name(logformat.USERLOG + ".tmp")
         disk = self.disk
         fd = None
         try:
             fd = disk.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            view = memoryview(content.encode("utf-8"))
+            view = memoryview(content.encode("utf-8") if isinstance(content, str) else content)
             written = 0
             while written < len(view):
                 written += disk.write(fd, view[written:])
