@@ -333,12 +333,17 @@ def main(argv: list[str]) -> int:
         print(f"{'case':<32} {'datagram':>8} {'MB/s':>7} {'best':>6} {'ceiling':>8} {'ratio':>6} {'target':>7} "
               f"{'resent':>7} {'CPU s/r':>10}  result")
         medians: dict[tuple[str, bool], float] = {}
-        for base, name, datagram, loss, target, mac in cases:
-            runs = []
+        runs_of: dict[str, list[dict[str, Any]]] = {name: [] for _, name, *_ in cases}
+        for base in dict.fromkeys(base for base, *_ in cases):
+            # a case with and without MACs alternate run by run, so a change in the machine's
+            # load between them moves both medians alike and the ratio stays fair
             for _ in range(args.repeat):
-                run = transfer_once(source, Path(receiving), datagram, loss, args.offload, mac=mac)
-                run.update(case=name, ceiling_MBps=ceilings[datagram], target_MBps=target)
-                runs.append(run)
+                for _, name, datagram, loss, target, mac in (c for c in cases if c[0] == base):
+                    run = transfer_once(source, Path(receiving), datagram, loss, args.offload, mac=mac)
+                    run.update(case=name, ceiling_MBps=ceilings[datagram], target_MBps=target)
+                    runs_of[name].append(run)
+        for base, name, datagram, loss, target, mac in cases:
+            runs = runs_of[name]
             results += runs
             median = sorted(runs, key=lambda r: r["MBps"])[len(runs) // 2]
             medians[base, mac] = median["MBps"]

@@ -15,7 +15,8 @@ The receiver speaks first (HELLO, repeated until data arrives). The sender keeps
 of chunks in flight, bounded by what the receiver's socket buffer can hold and, below that,
 paced and bounded by a congestion controller (core/congestion.py), and learns from
 cumulative + selective ACKs what to resend (RACK, with an RFC 6298 timeout behind it). A
-FIN carries the SHA-256 of the file; the receiver answers DONE, with its own digest, only
+FIN carries the digest of the file (a SHA-256 hash list over its chunks,
+``core.transfer_digest``); the receiver answers DONE, with its own digest, only
 when the digest of what it delivered matches. Every wait is bounded, so each side ends
 Completed or Failed, and an ABORT tells the peer at once.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_right
+from typing import Any
 
 from core import transfer_wire as wire
 from core.congestion import Controller, SendState
@@ -37,6 +39,7 @@ from core.transfer_common import (
     _DATA, _HEADER, _MAGIC, _MAX_CHUNKS, Completed, Data, Failed, Progress, ReceiverEvent, SenderEvent, State,
     _Endpoint, datagram_size_for, footprint,
 )
+from core.transfer_digest import EMPTY_PREFIX, hash_list
 from core.transfer_receiver import Receiver
 from core.transfer_wire import Kind, peek_transfer_id
 
@@ -100,13 +103,14 @@ class Sender(_Endpoint[SenderEvent]):
         self.resumed = 0  # bytes the receiver held already (verified by their SHA-256): not sent
         self._skip = 0  # bytes at the file's start to hash but not send (a resume)
         self._prefix_digest = b""  # the receiver's SHA-256 of those bytes
+        self._prefix = hashlib.sha256()  # of the bytes skipped, to compare with the receiver's
         self._max_in_flight = max_in_flight
         self._datagram_size = datagram_size
         self._min_rto = min_rto
         self._max_rto = max_rto
         self._chunk = 0  # payload bytes per DATA datagram, fixed by the HELLO
         self._window = 0  # chunks allowed between the first unacknowledged and the next new one
-        self._hash = hashlib.sha256()
+        self._hash: Any = None  # the file's digest being computed (core.transfer_digest)
         self._fed = 0
         self._partial = b""  # fed bytes short of a whole chunk, waiting for the rest
         self._next = 0  # index of the next new chunk
@@ -171,17 +175,20 @@ class Sender(_Endpoint[SenderEvent]):
             raise ValueError(f"fed {length} bytes, more than the {self.want_data()} wanted")
         if not length:
             return
-        self._hash.update(view)
-        self._fed += length
-        at_end = self._fed == self.size
-        if self._fed <= self._skip:
+        if self._fed < self._skip:
+            self._prefix.update(view)
+            self._fed += length
             self._skipped(now)
             return
+        self._fed += length
+        at_end = self._fed == self.size
         chunk = self._chunk
         pack = wire.DATA.pack
         magic = _MAGIC
         tid = self.transfer_id
         mac = self._mac
+        sha256 = hashlib.sha256
+        add_digest = self._hash.update
         store = self._store
         out = self._out
         index = first = self._next
@@ -191,9 +198,11 @@ class Sender(_Endpoint[SenderEvent]):
             self._partial += view[:start]
             if len(self._partial) == chunk or at_end:
                 header = pack(magic, _DATA, tid, index, chunk)
+                digest = sha256(self._partial).digest()
+                add_digest(digest)
                 datagram = header + self._partial
                 if mac is not None:
-                    datagram += mac.tag(datagram)
+                    datagram += mac.tag(header + digest)
                 store[index] = datagram
                 out.append(datagram)
                 index += 1
@@ -202,10 +211,12 @@ class Sender(_Endpoint[SenderEvent]):
         for offset in range(start, end, chunk):
             header = pack(magic, _DATA, tid, index, chunk)
             piece = view[offset : offset + chunk]
+            digest = sha256(piece).digest()  # core.transfer_digest.chunk_digest, without a call
+            add_digest(digest)
             if mac is None:
                 datagram = header + piece
             else:
-                datagram = b"".join((header, piece, mac.tag(header, piece)))
+                datagram = b"".join((header, piece, mac.tag(header + digest)))
             store[index] = datagram
             out.append(datagram)
             index += 1
@@ -228,10 +239,12 @@ class Sender(_Endpoint[SenderEvent]):
         its SHA-256 must be the one the receiver reported, or the copy is of another file."""
         if self._fed < self._skip:
             return
-        if self._hash.copy().digest() != self._prefix_digest:
+        prefix_digest = self._prefix.digest()
+        if prefix_digest != self._prefix_digest:
             self._fail("the receiver's partial copy is not of this file; it is discarded, send again",
                        now, tell_peer=True)
             return
+        self._hash = hash_list(prefix_digest)
         self.resumed = self.bytes_acked = self._skip
         if self._fed == self.size:
             self._send_fin(now)
@@ -325,6 +338,8 @@ class Sender(_Endpoint[SenderEvent]):
         self._window = max(1, min(window // footprint(datagram_size), MAX_WINDOW_CHUNKS,
                                   self._max_in_flight // datagram_size))
         self._skip, self._prefix_digest = resume, prefix_digest
+        if not resume:
+            self._hash = hash_list(EMPTY_PREFIX)
         if self._congestion_control:
             seed = int.from_bytes(self.transfer_id[:4], "big")  # flows start their probing cycles apart
             self.controller = Controller(datagram_size, now, ack_delay=ACK_DELAY, seed=seed)

@@ -7,6 +7,7 @@ import os
 from typing import Any, Protocol
 
 from .messages import valid_filename
+from .transfer_digest import Checkpoint
 
 MAX_NAME_BYTES = 255  # a file name's limit on Linux and most file systems (NAME_MAX)
 
@@ -56,13 +57,15 @@ class Storage(Protocol):
         """Delete ``name`` and its resume record; nothing if they are already gone."""
         ...
 
-    def checkpoint(self, name: str, size: int, offset: int, digest: bytes) -> None:
-        """Record that the first ``offset`` bytes of ``name`` are written and hash to ``digest``."""
+    def checkpoint(self, name: str, size: int, point: Checkpoint) -> None:
+        """Record that the first ``point.offset`` bytes of ``name`` are written, and their
+        digest (``core.transfer_digest``)."""
         ...
 
     def resume(self, name: str, size: int) -> tuple[int, Any, Sink] | None:
-        """The recorded partial copy ``name`` of a ``size``-byte file, if its bytes check out:
-        (bytes held, a ``hashlib.sha256`` fed exactly them, a sink appending after them)."""
+        """The recorded partial copy ``name`` of a ``size``-byte file, if its bytes check out
+        (``core.transfer_digest.PrefixCheck``): (bytes held, a ``hashlib.sha256`` fed exactly
+        them, a sink appending after them)."""
         ...
 
 

@@ -6,12 +6,15 @@ import hashlib
 from typing import Any
 
 from core import transfer_wire as wire
+from core.transfer_digest import EMPTY_PREFIX, Checkpoint, hash_list
 
 from .transfer_common import (
     ACK_DELAY, DEFAULT_WINDOW, GIVE_UP, HELLO_INTERVAL, MAX_RTO, MAX_WINDOW_CHUNKS, MIN_DATAGRAM_SIZE,
     _ABORT, _COMMON_SIZE, _DATA, _FIN, _HEADER, _MAGIC, _MAX_CHUNKS, Completed, Data,
     ReceiverEvent, State, _data_fields, _Endpoint, footprint,
 )
+
+_sha256 = hashlib.sha256
 
 
 class Receiver(_Endpoint[ReceiverEvent]):
@@ -43,7 +46,8 @@ class Receiver(_Endpoint[ReceiverEvent]):
     ) -> None:
         """``resume``: bytes of the file held already from an interrupted transfer, and
         ``prefix_hash`` a ``hashlib.sha256`` object fed exactly those bytes; the sender then
-        sends only the rest, and the digest checked at the end is still the whole file's."""
+        sends only the rest, and the digest checked at the end still covers the whole file
+        (its first term is that SHA-256: ``core.transfer_digest``)."""
         super().__init__(transfer_id, now, give_up, key)
         if expected_size < 0:
             raise ValueError("expected_size must not be negative")
@@ -58,7 +62,8 @@ class Receiver(_Endpoint[ReceiverEvent]):
         self._window = window
         self._max_datagram = max_datagram
         self._ack_delay = ack_delay
-        self._hash = prefix_hash if resume else hashlib.sha256()
+        prefix_digest = prefix_hash.digest() if resume else EMPTY_PREFIX
+        self._hash = hash_list(prefix_digest)  # fed each chunk's SHA-256 as it is delivered
         self._chunk = 0  # learnt from the first DATA; every DATA must then agree
         self._total = 0 if self._span == 0 else -1  # chunks to receive, once chunk is known
         self._whole = 0  # chunks 0 .. _whole - 1 are whole chunks; only the last may be shorter
@@ -68,15 +73,15 @@ class Receiver(_Endpoint[ReceiverEvent]):
         self._window_chunks = 0  # how far beyond the first missing chunk data is buffered
         self._ack_every = 1
         self._cum = 0  # chunks delivered in order
-        self._held: dict[int, memoryview] = {}  # chunks received beyond a gap
+        self._held: dict[int, tuple[memoryview, bytes]] = {}  # chunks beyond a gap, with their SHA-256
         self._held_bits = 0  # bit i: chunk cum + i is in _held
         self._unacked = 0  # chunks received since the last ACK
         self._trigger = wire.NO_CHUNK  # the latest chunk received, named in ACKs
         self._ack_due: float | None = None
         self._digest = b""  # from the FIN
         self._chunks: list[memoryview] | None = None  # of the Data event being gathered
-        prefix_digest = self._hash.copy().digest() if resume else bytes(32)
-        self._hello = self._seal(wire.encode_hello(self.transfer_id, window, max_datagram, resume, prefix_digest))
+        self._hello = self._seal(wire.encode_hello(self.transfer_id, window, max_datagram, resume,
+                                                   prefix_digest if resume else bytes(32)))
         self._hello_interval = HELLO_INTERVAL
         self._hello_due = now + HELLO_INTERVAL
         if max_size is not None and expected_size > max_size:
@@ -89,9 +94,9 @@ class Receiver(_Endpoint[ReceiverEvent]):
         """Bytes of the file held in order so far (those resumed from included)."""
         return self.resumed + min(self._cum * self._chunk, self._span)
 
-    def prefix_digest(self) -> bytes:
-        """The SHA-256 of the ``bytes_received`` bytes delivered so far (a resume point)."""
-        return self._hash.copy().digest()
+    def checkpoint(self) -> Checkpoint:
+        """The ``bytes_received`` bytes delivered so far and their digest (a resume point)."""
+        return Checkpoint(self.bytes_received, self.resumed, self._chunk, self._hash.copy().digest())
 
     def events(self) -> list[ReceiverEvent]:
         self._chunks = None  # the next delivery starts a new Data event
@@ -100,9 +105,12 @@ class Receiver(_Endpoint[ReceiverEvent]):
     def receive(self, datagram: bytes, now: float) -> None:
         """Handle one datagram from the sender; anything malformed, foreign or forged is ignored."""
         if datagram.startswith(self._data_prefix) and not self._over:
+            # nearly every datagram: keep its path short. Its chunk is hashed once, for the
+            # tag and the file's digest (core.transfer_digest.chunk_digest, without a call).
+            digest = _sha256(memoryview(datagram)[_HEADER : len(datagram) - self._tag]).digest()
             mac = self._mac
-            if mac is None or mac.check(datagram):
-                self._on_data(datagram, now)  # nearly every datagram: keep its path short
+            if mac is None or mac.check_data(datagram, digest):
+                self._on_data(datagram, digest, now)
             return
         accepted = self._accepted(datagram, now)
         if accepted is None:
@@ -141,8 +149,9 @@ class Receiver(_Endpoint[ReceiverEvent]):
 
     # -- protocol ------------------------------------------------------------------------
 
-    def _on_data(self, datagram: bytes, now: float) -> None:
-        """One DATA of this transfer (magic, kind and id already checked).
+    def _on_data(self, datagram: bytes, digest: bytes, now: float) -> None:
+        """One DATA of this transfer (magic, kind, id and tag already checked), the SHA-256 of
+        its chunk ``digest``.
 
         The common case -- a whole chunk, the next one expected -- takes the fewest steps:
         at 1,400-byte datagrams this runs ~75,000 times for 100 MiB. Anything else takes a
@@ -159,9 +168,9 @@ class Receiver(_Endpoint[ReceiverEvent]):
         self._last_heard = now
         self._trigger = index
         if index != self._cum:
-            self._on_out_of_order(datagram, index, length, now)
+            self._on_out_of_order(datagram, digest, index, length, now)
             return
-        self._deliver(memoryview(datagram)[_HEADER : _HEADER + length])
+        self._deliver(memoryview(datagram)[_HEADER : _HEADER + length], digest)
         cum = index + 1
         filled = False
         if self._held_bits:
@@ -185,14 +194,14 @@ class Receiver(_Endpoint[ReceiverEvent]):
             self._fail("data beyond the announced size", now, tell_peer=True)
         return False
 
-    def _on_out_of_order(self, datagram: bytes, index: int, length: int, now: float) -> None:
+    def _on_out_of_order(self, datagram: bytes, digest: bytes, index: int, length: int, now: float) -> None:
         """A chunk other than the next expected: a duplicate, or one beyond a gap."""
         cum = self._cum
         offset = index - cum
         if index < cum or (self._held_bits >> offset) & 1:
             self._send_ack()  # a duplicate: our ACK was probably lost or late
         elif offset < self._window_chunks:
-            self._held[index] = memoryview(datagram)[_HEADER : _HEADER + length]
+            self._held[index] = (memoryview(datagram)[_HEADER : _HEADER + length], digest)
             new_gap = not (self._held_bits >> (offset - 1)) & 1
             self._held_bits |= 1 << offset
             self._count_for_ack(now, immediately=new_gap)
@@ -203,7 +212,7 @@ class Receiver(_Endpoint[ReceiverEvent]):
         bits = self._held_bits >> 1
         held = self._held
         while bits & 1:
-            self._deliver(held.pop(cum))
+            self._deliver(*held.pop(cum))
             cum += 1
             bits >>= 1
         self._held_bits = bits
@@ -234,8 +243,8 @@ class Receiver(_Endpoint[ReceiverEvent]):
         self._ack_every = max(1, sender_window // 4)
         return True
 
-    def _deliver(self, payload: memoryview) -> None:
-        self._hash.update(payload)
+    def _deliver(self, payload: memoryview, digest: bytes) -> None:
+        self._hash.update(digest)
         chunks = self._chunks
         if chunks is None:
             chunks = self._start_data_event()

@@ -5,9 +5,9 @@ Every datagram starts with the same 18 bytes: a magic/version byte, a kind byte 
 ``None`` for anything malformed; nothing here raises on bytes that came off the network.
 
 With a transfer key (issued by the server beside the transfer id), every datagram ends
-with a ``TAG_SIZE``-byte tag: HMAC-SHA256 under the key of every byte before it, truncated
-to 128 bits (``Mac``). The state machines check the tag before anything else and hand the
-decoders the datagram without it.
+with a ``TAG_SIZE``-byte tag under the key (``Mac``): a DATA's covers its header and the
+SHA-256 of its chunk, any other datagram's every byte before the tag. The state machines
+check the tag before anything else and hand the decoders the datagram without it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import hashlib
 import hmac
 import struct
 from enum import IntEnum
+
+from core.transfer_digest import chunk_digest
 
 MAGIC = 0x71  # byte 0: "this is TESSENGER transfer protocol version 1"; anything else is dropped
 TRANSFER_ID_SIZE = 16
@@ -31,7 +33,7 @@ class Kind(IntEnum):
     HELLO = 1  # receiver -> sender: ready; receive window and largest datagram accepted
     DATA = 2  # sender -> receiver: one chunk of the file
     ACK = 3  # receiver -> sender: cumulative chunk count plus a bitmap of chunks held beyond it
-    FIN = 4  # sender -> receiver: total size and SHA-256 of the whole file
+    FIN = 4  # sender -> receiver: total size and the digest of the whole file (core.transfer_digest)
     DONE = 5  # receiver -> sender: the digest of what it received matched; carries that digest
     ABORT = 6  # either way: the transfer is over and failed; carries a short reason
 
@@ -47,8 +49,8 @@ HELLO = struct.Struct("!BB16sIIQ32s")
 DATA = struct.Struct("!BB16sII")  # chunk index, chunk size; the payload follows
 ACK = struct.Struct("!BB16sII")  # chunks received in order, trigger; the SACK bitmap follows
 _ACK_FIELDS = struct.Struct("!II")
-FIN = struct.Struct("!BB16sQ32s")  # file size, SHA-256 digest
-DONE = struct.Struct("!BB16s32s")  # SHA-256 digest of the bytes received
+FIN = struct.Struct("!BB16sQ32s")  # file size, the file's digest (core.transfer_digest)
+DONE = struct.Struct("!BB16s32s")  # the digest of the bytes received
 
 DATA_HEADER_SIZE = DATA.size
 DATA_FIELDS = struct.Struct("!II")  # a DATA's chunk index and chunk size, at offset 18
@@ -69,47 +71,55 @@ _compare_digest = hmac.compare_digest  # constant time: a tag is never compared 
 
 
 class Mac:
-    """HMAC-SHA256 (RFC 2104) under one transfer's key, truncated to ``TAG_SIZE`` bytes.
+    """Keyed BLAKE2s (RFC 7693's keyed mode, a MAC) under one transfer's key: 128-bit tags.
 
-    The keyed inner and outer hash states are computed once per transfer and copied per
-    datagram: that halves the cost of ``hmac.digest`` at 1,400 bytes.
+    A DATA's tag covers its header and the SHA-256 of its chunk (hash-then-MAC, sound since
+    SHA-256 is collision resistant): the chunk's one hash then serves its tag and the
+    end-to-end digest (``core.transfer_digest``), where a MAC over the chunk itself would be
+    a second pass over every byte -- the larger part of the cost of authentication. Any
+    other datagram's tag covers every byte before it. The kind byte (DATA is 2) comes first
+    in both, so no DATA's tagged message is another kind's.
+
+    The keyed state is made once and copied per datagram: cheaper than keying one each
+    time (BLAKE2s over 58 bytes: ~0.5 us here, HMAC-SHA256 from precomputed states ~1.0).
     """
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_keyed",)
 
     def __init__(self, key: bytes) -> None:
-        if len(key) < TAG_SIZE:
-            raise ValueError(f"a transfer key has at least {TAG_SIZE} bytes")
-        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        if not TAG_SIZE <= len(key) <= hashlib.blake2s.MAX_KEY_SIZE:
+            raise ValueError(f"a transfer key has {TAG_SIZE}..{hashlib.blake2s.MAX_KEY_SIZE} bytes")
+        self._keyed = hashlib.blake2s(key=key, digest_size=TAG_SIZE)
 
-    def tag(self, head: bytes | memoryview, tail: bytes | memoryview = b"") -> bytes:
-        """The tag of ``head`` followed by ``tail`` (a DATA's header and chunk, unjoined).
-
-        Two parts, not any number: this runs for every datagram, where a loop and a call
-        more are measurable."""
-        inner = self._inner.copy()
-        inner.update(head)
-        inner.update(tail)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()[:TAG_SIZE]
+    def tag(self, message: bytes | memoryview) -> bytes:
+        """The tag of ``message``: a control datagram's body, or a DATA's header followed by
+        its chunk's SHA-256."""
+        keyed = self._keyed.copy()
+        keyed.update(message)
+        return keyed.digest()
 
     def seal(self, body: bytes) -> bytes:
-        """``body`` with its tag appended."""
+        """``body`` (not a DATA) with its tag appended."""
         return body + self.tag(body)
 
+    def check_data(self, datagram: bytes, digest: bytes) -> bool:
+        """True if the DATA ``datagram`` ends with the right tag, ``digest`` being the
+        SHA-256 of its chunk (the receiver needs that hash anyway, so it is passed in)."""
+        end = len(datagram) - TAG_SIZE
+        if end < DATA_HEADER_SIZE:
+            return False
+        keyed = self._keyed.copy()
+        keyed.update(datagram[:DATA_HEADER_SIZE] + digest)
+        return _compare_digest(keyed.digest(), datagram[end:])
+
     def check(self, datagram: bytes) -> bool:
-        """True if ``datagram`` ends with the right tag of the bytes before it."""
+        """True if ``datagram``, of any kind, ends with the right tag."""
         end = len(datagram) - TAG_SIZE
         if end < _COMMON_SIZE:
             return False
-        inner = self._inner.copy()
-        inner.update(memoryview(datagram)[:end])
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return _compare_digest(outer.digest()[:TAG_SIZE], datagram[end:])
+        if datagram[1] == Kind.DATA:
+            return self.check_data(datagram, chunk_digest(memoryview(datagram)[DATA_HEADER_SIZE:end]))
+        return _compare_digest(self.tag(memoryview(datagram)[:end]), datagram[end:])
 
 
 def seal(body: bytes, mac: Mac | None) -> bytes:

@@ -534,8 +534,7 @@ class TransferEngine:
         if transfer.temporary != temporary_name(transfer.final) or receiver.bytes_received == 0:
             return  # not the resumable name (another transfer of the name has it), or nothing yet
         try:
-            self.storage.checkpoint(transfer.temporary, transfer.size, receiver.bytes_received,
-                                    receiver.prefix_digest())
+            self.storage.checkpoint(transfer.temporary, transfer.size, receiver.checkpoint())
         except OSError:
             self._discard(transfer)
 

@@ -3,20 +3,21 @@ for resuming (moved here from client.py).
 
 A file being received is written to a hidden ``.NAME.part``; beside it ``.NAME.part.resume``
 (the sidecar) records, at most once a second, how many bytes from the start are written and
-the SHA-256 of exactly those bytes. An interrupted transfer leaves both; when the same file
-is offered again, ``resume`` re-reads that prefix, and only if its SHA-256 is the recorded one
-(the bytes on disk are the bytes received) cuts the file there and appends to it.
+their digest (``core.transfer_digest.Checkpoint``). An interrupted transfer leaves both; when
+the same file is offered again, ``resume`` re-reads that prefix, and only if its digest is the
+recorded one (the bytes on disk are the bytes received) cuts the file there and appends to it.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import stat
 import time
 from typing import Any
+
+from core.transfer_digest import Checkpoint, PrefixCheck
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 SIDECAR = ".resume"  # appended to a partial file's name
@@ -118,11 +119,12 @@ class DiskStorage:
         self._unlink(name)
         self._unlink(name + SIDECAR)
 
-    def checkpoint(self, name: str, size: int, offset: int, digest: bytes) -> None:
-        """Record that the first ``offset`` bytes of ``name`` (of ``size``) are written and
-        hash to ``digest``: written to a temporary file and renamed, so a kill at any moment
+    def checkpoint(self, name: str, size: int, point: Checkpoint) -> None:
+        """Record that the first ``point.offset`` bytes of ``name`` (of ``size``) are written,
+        and their digest: written to a temporary file and renamed, so a kill at any moment
         leaves the old record or the new one, never half of one."""
-        record = json.dumps({"size": size, "offset": offset, "sha256": digest.hex()})
+        record = json.dumps({"size": size, "offset": point.offset, "base": point.base, "chunk": point.chunk,
+                             "digest": point.digest.hex()})
         temporary = self._path(name + SIDECAR + ".new")
         with open(temporary, "w") as file:
             file.write(record)
@@ -135,28 +137,31 @@ class DiskStorage:
         try:
             with open(self._path(name + SIDECAR)) as file:
                 record = json.load(file)
-            offset, digest = record["offset"], bytes.fromhex(record["sha256"])
-            if record["size"] != size or not isinstance(offset, int) or not 0 < offset <= size:
+            point = Checkpoint(record["offset"], record["base"], record["chunk"], bytes.fromhex(record["digest"]))
+            offset = point.offset
+            numbers = (offset, point.base, point.chunk)
+            if record["size"] != size or not all(isinstance(n, int) for n in numbers) \
+                    or not 0 < offset <= size or not 0 <= point.base <= offset or point.chunk < 0:
                 return None
             fd = os.open(self._path(name), os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         try:
-            prefix = hashlib.sha256()
+            check = PrefixCheck(point)
             buffer = memoryview(bytearray(HASH_BLOCK))
             position = 0
             while position < offset:
                 got = os.preadv(fd, [buffer[: min(HASH_BLOCK, offset - position)]], position)
                 if not got:
                     return None  # shorter than recorded
-                prefix.update(buffer[:got])
+                check.update(buffer[:got])
                 position += got
-            if prefix.digest() != digest:
+            if not check.matches():
                 return None
             os.ftruncate(fd, offset)  # anything written after the last record is sent again
         finally:
             os.close(fd)
-        return offset, prefix, DiskSink(self._path(name), append=True)
+        return offset, check.plain, DiskSink(self._path(name), append=True)
 
     def clean_stale(self, max_age: float, now: float | None = None) -> list[str]:
         """Delete partial files and their records not touched for ``max_age`` seconds (a

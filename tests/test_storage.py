@@ -4,12 +4,15 @@ and the progress text (core/progress.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
 
 from core.progress import Progress, clock, describe, progress_line, resuming
+from core.transfer_digest import Checkpoint
 from shell.storage import DiskStorage
+from tests.test_transfer_digest import hash_list
 
 
 def partial(tmp_path: Path, data: bytes, recorded: int, size: int) -> DiskStorage:
@@ -17,7 +20,9 @@ def partial(tmp_path: Path, data: bytes, recorded: int, size: int) -> DiskStorag
     sink = storage.create(".Yoda_clip.part")
     sink.write([memoryview(data)])
     sink.close()
-    storage.checkpoint(".Yoda_clip.part", size, recorded, hashlib.sha256(data[:recorded]).digest())
+    chunk = 1_000  # recorded as if it came in 1,000-byte chunks after the first 10,000 bytes
+    storage.checkpoint(".Yoda_clip.part", size, Checkpoint(recorded, min(10_000, recorded), chunk,
+                                                           hash_list(data[:recorded], min(10_000, recorded), chunk)))
     return storage
 
 
@@ -39,9 +44,17 @@ def test_a_partial_file_that_does_not_match_its_record_is_not_resumed(tmp_path: 
     data = os.urandom(100_000)
     storage = partial(tmp_path, data, 80_000, 200_000)
     assert storage.resume(".Yoda_clip.part", 300_000) is None  # another size
-    with open(tmp_path / ".Yoda_clip.part", "r+b") as file:  # a changed byte
-        file.seek(5)
-        file.write(bytes([data[5] ^ 1]))
+    for position in (5, 50_000):  # a changed byte, in the part hashed whole or in a chunk
+        with open(tmp_path / ".Yoda_clip.part", "r+b") as file:
+            file.seek(position)
+            file.write(bytes([data[position] ^ 1]))
+        assert storage.resume(".Yoda_clip.part", 200_000) is None
+        (tmp_path / ".Yoda_clip.part").write_bytes(data)
+    found = storage.resume(".Yoda_clip.part", 200_000)  # (restored, it does)
+    assert found is not None
+    found[2].close()
+    record = {"size": 200_000, "offset": 80_000, "sha256": hashlib.sha256(data[:80_000]).hexdigest()}
+    (tmp_path / ".Yoda_clip.part.resume").write_text(json.dumps(record))  # an older client's record
     assert storage.resume(".Yoda_clip.part", 200_000) is None
     (tmp_path / ".Yoda_clip.part").write_bytes(data[:1000])  # shorter than recorded
     assert storage.resume(".Yoda_clip.part", 200_000) is None

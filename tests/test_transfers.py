@@ -7,7 +7,6 @@ datagrams; files live in ``MemoryStorage``; time is a number advanced to the nex
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import random
 import re
@@ -20,8 +19,10 @@ from hypothesis import given, settings, strategies as st
 from core.client_session import Address, Datagrams, Effect, Print, Status, Upload
 from core.messages import TransferOffer, TransferReady, TransferTarget
 from core.transfer import State
+from core.transfer_digest import Checkpoint, PrefixCheck
 from core.transfer_wire import TAG_SIZE, Kind, Mac, decode_abort, decode_hello, encode_abort, encode_hello
 from core.transfers import STATUS_INTERVAL, TransferEngine, human_size, refusal, temporary_name
+from tests.test_transfer_digest import hash_list
 
 YODA: Address = ("10.0.0.1", 5001)
 LUKE: Address = ("10.0.0.2", 5002)
@@ -94,20 +95,21 @@ class MemoryStorage:
         self.files.pop(name, None)
         self.records.pop(name, None)
 
-    def checkpoint(self, name: str, size: int, offset: int, digest: bytes) -> None:
-        self.records[name] = (size, offset, digest)
+    def checkpoint(self, name: str, size: int, point: Checkpoint) -> None:
+        self.records[name] = (size, point)
 
     def resume(self, name: str, size: int) -> tuple[int, Any, MemorySink] | None:
         record = self.records.get(name)
         if record is None or record[0] != size or name not in self.files:
             return None
-        offset, digest = record[1], record[2]
-        prefix = hashlib.sha256(self.files[name][:offset])
-        if prefix.digest() != digest:
+        point = record[1]
+        check = PrefixCheck(point)
+        check.update(self.files[name][: point.offset])
+        if not check.matches():
             return None
-        del self.files[name][offset:]
+        del self.files[name][point.offset :]
         self.open_sinks += 1
-        return offset, prefix, MemorySink(self, name)
+        return point.offset, check.plain, MemorySink(self, name)
 
 
 # --- an in-memory network --------------------------------------------------------------------
@@ -376,7 +378,9 @@ def test_closing_mid_transfer_aborts_both_sides_and_keeps_the_partial_file_for_a
     assert luke.lines[-1].endswith("% received is kept: sending the file again resumes there)")
     (name, kept), = luke.storage.files.items()
     assert name == ".Yoda_big.part" and data.startswith(kept) and luke.storage.open_sinks == 0
-    assert luke.storage.records[name] == (len(data), len(kept), hashlib.sha256(kept).digest())
+    size, point = luke.storage.records[name]
+    assert (size, point.offset, point.base) == (len(data), len(kept), 0)
+    assert point.digest == hash_list(kept, 0, point.chunk)
     assert luke.sent[-1][0][1] == Kind.ABORT and decode_abort(luke.sent[-1][0][:-TAG_SIZE]) == "Luke logged out"
     assert luke.engine.active() == 0 and luke.engine.deadline() is None
     net.run(lambda: len(yoda.lines) == 2)

@@ -1,0 +1,93 @@
+"""The end-to-end digest of a UDP file transfer, and the check of a partial copy kept for
+resuming one (PROTOCOL.md section 6.4).
+
+Each chunk of the file is hashed once, with SHA-256, where it is sent and where it arrives;
+that one hash serves both the chunk's MAC (``core.transfer_wire.Mac``) and the digest of the
+whole file, a hash list over the chunks in order (as BitTorrent's pieces):
+
+    digest = SHA-256( SHA-256(file[0 : base]) || SHA-256(chunk 0) || SHA-256(chunk 1) || ... )
+
+``base`` is what the receiver held already from an interrupted transfer (0 without one: the
+first term is then SHA-256 of nothing), and chunk ``i`` is ``file[base + i*c : base + (i+1)*c]``
+for the transfer's chunk size ``c`` (the last one may be shorter). The digest depends on the
+file's bytes, ``base`` and ``c``, all of which both sides know; SHA-256 being collision
+resistant, two files with the same digest (same base and chunk size) are the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+EMPTY_PREFIX = hashlib.sha256().digest()  # SHA-256 of the no bytes held before chunk 0
+_sha256 = hashlib.sha256
+
+
+def chunk_digest(chunk: bytes | memoryview) -> bytes:
+    """The SHA-256 of one chunk: the term of the hash list, and what a DATA's tag covers."""
+    return _sha256(chunk).digest()
+
+
+def hash_list(prefix_digest: bytes) -> Any:
+    """The running digest of a transfer: a SHA-256 object fed ``prefix_digest`` (the SHA-256
+    of the bytes held before chunk 0); feed it each chunk's digest in order."""
+    return _sha256(prefix_digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far a download got, as ``Storage.checkpoint`` records it for a resume: the first
+    ``offset`` bytes are written, of which the first ``base`` came from an earlier partial
+    copy and the rest in ``chunk``-byte chunks; ``digest`` is their hash list (above)."""
+
+    offset: int
+    base: int
+    chunk: int
+    digest: bytes
+
+
+class PrefixCheck:
+    """Recomputes a ``Checkpoint``'s digest from the partial file's bytes, fed from its start
+    in blocks of any size, and the plain SHA-256 of them all (``plain``, which the next HELLO
+    reports and the sender checks against its own file)."""
+
+    def __init__(self, point: Checkpoint) -> None:
+        self.plain = _sha256()
+        self._point = point
+        self._fed = 0
+        self._list: Any = hash_list(EMPTY_PREFIX) if point.base == 0 else None
+        self._piece = bytearray()  # bytes of the chunk being gathered
+
+    def update(self, block: bytes | memoryview) -> None:
+        view = memoryview(block).cast("B")
+        base = self._point.base
+        if self._fed < base:
+            head = view[: base - self._fed]
+            self.plain.update(head)
+            self._fed += len(head)
+            view = view[len(head) :]
+            if self._fed == base:
+                self._list = hash_list(self.plain.digest())
+        if not view:
+            return
+        self.plain.update(view)
+        self._fed += len(view)
+        chunk, piece, digests = self._point.chunk, self._piece, self._list
+        while view:
+            take = chunk - len(piece) if chunk else len(view)
+            piece += view[:take]
+            view = view[take:]
+            if len(piece) == chunk:
+                digests.update(chunk_digest(piece))
+                piece.clear()
+
+    def matches(self) -> bool:
+        """True if exactly ``offset`` bytes were fed and their hash list is the recorded one."""
+        point = self._point
+        if self._fed != point.offset or self._list is None or (self._fed > point.base and not point.chunk):
+            return False
+        digests = self._list.copy()
+        if self._piece:
+            digests.update(chunk_digest(self._piece))
+        return bool(digests.digest() == point.digest)
