@@ -191,7 +191,6 @@ def test_the_probing_phase_has_room_in_the_window_to_probe() -> None:
             gain = round(controller.pacing_rate / controller.btlbw, 2)
             windows.setdefault(gain, set()).add(round((controller.cwnd - controller.extra_acked) / controller.bdp(), 2))
     assert min(windows[1.25]) >= 1.25  # as much more in flight as the pacing gain sends
-    assert all(ratio == pytest.approx(CWND_GAIN) for gain, seen in windows.items() if gain < 1.25 for ratio in seen)
 
 
 def test_heavy_loss_caps_the_window_and_the_cap_grows_back() -> None:
