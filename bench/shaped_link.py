@@ -6,7 +6,7 @@ Builds two namespaces joined by a veth pair, shapes the sender's side with
 ``tc qdisc add dev X root tbf rate R burst 32kbit latency 50ms`` and runs the transfer
 engine between them (``bench/transfer_loopback.py``'s ``TransferLoop``: the client's select
 loop, ``shell.datagrams.DatagramPort``), each peer a process inside its namespace. Cases: 50 and
-10 Mbit/s; 50 Mbit/s shared with a long-running TCP flow started first; 50 Mbit/s with 1%
+10 Mbit/s; 50 Mbit/s shared with a long-running TCP flow started first (once CUBIC, once BBR); 50 Mbit/s with 1%
 of the datagrams arriving in the receiving namespace dropped
 (``iptables -m statistic --mode random --probability 0.01 -j DROP``). Reported per case:
 goodput (file bytes over the transfer's time) as a share of the link, DATA datagrams offered
@@ -57,6 +57,23 @@ def missing_tools(loss: bool = False) -> str | None:
         if shutil.which(tool) is None:
             return f"needs the {tool} command"
     return None
+
+
+def missing_algorithm(algorithm: str) -> str | None:
+    """Why a TCP flow cannot use congestion control ``algorithm`` here, or None."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_available_congestion_control", encoding="ascii") as f:
+            available = f.read().split()
+    except OSError:
+        return "cannot tell which TCP congestion controls the kernel has"
+    if algorithm in available:
+        return None
+    with contextlib.suppress(OSError):  # a module the kernel has but has not loaded yet
+        subprocess.run(["modprobe", f"tcp_{algorithm}"], capture_output=True, timeout=30)
+        with socket.socket() as probe:
+            probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, algorithm.encode())
+            return None
+    return f"the kernel has no TCP {algorithm}"
 
 
 def _run(*command: str) -> None:
@@ -178,9 +195,11 @@ def serve_tcp_sink() -> None:
             counts.append((time.monotonic(), received))
 
 
-def serve_tcp_source() -> None:
-    """Send as fast as TCP lets until stdin closes."""
-    connection = socket.create_connection((RECEIVER_IP, TCP_PORT))
+def serve_tcp_source(algorithm: str) -> None:
+    """Send as fast as TCP with congestion control ``algorithm`` lets, until stdin closes."""
+    connection = socket.socket()
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, algorithm.encode())
+    connection.connect((RECEIVER_IP, TCP_PORT))
     block = bytes(1 << 16)
     print(json.dumps("sending"), flush=True)
     with contextlib.suppress(OSError):
@@ -212,12 +231,12 @@ def transfer(namespaces: tuple[str, str], source: Path, work: Path, congestion_c
             "controller_at_end": sent["controller"]}
 
 
-def tcp_alone(namespaces: tuple[str, str], seconds: float) -> float:
+def tcp_alone(namespaces: tuple[str, str], seconds: float, algorithm: str) -> float:
     """TCP's goodput on the link by itself, bytes/s: the anchor of the shared case."""
     sink, source = _peer(namespaces[1], "tcp-sink"), None
     try:
         _ask(sink)
-        source = _peer(namespaces[0], "tcp-source")
+        source = _peer(namespaces[0], "tcp-source", algorithm)
         _ask(source)
         time.sleep(1.0)  # past slow start
         t0, b0 = _ask(sink, "count")[-1]
@@ -231,11 +250,12 @@ def tcp_alone(namespaces: tuple[str, str], seconds: float) -> float:
                 process.wait()
 
 
-def shared_with_tcp(namespaces: tuple[str, str], source: Path, work: Path, congestion_control: bool) -> dict[str, Any]:
+def shared_with_tcp(namespaces: tuple[str, str], source: Path, work: Path, congestion_control: bool,
+                    algorithm: str) -> dict[str, Any]:
     sink, tcp = _peer(namespaces[1], "tcp-sink"), None
     try:
         _ask(sink)
-        tcp = _peer(namespaces[0], "tcp-source")
+        tcp = _peer(namespaces[0], "tcp-source", algorithm)
         _ask(tcp)
         time.sleep(2.0)  # the TCP flow is long-running: it holds the link before the file starts
         result = transfer(namespaces, source, work, congestion_control)
@@ -262,10 +282,13 @@ def run(quick: bool, congestion_control: bool, only: str = "") -> list[dict[str,
         (work / "in").mkdir()
         (work / "out").mkdir()
         os.chmod(work, 0o755)
-        cases = [("50 Mbit/s", 50, 0.0, False, 30), ("10 Mbit/s", 10, 0.0, False, 8),
-                 ("50 Mbit/s + TCP flow", 50, 0.0, True, 60), ("50 Mbit/s, 1% loss", 50, 0.01, False, 30)]
-        for name, mbit, loss, with_tcp, mib in [case for case in cases if only in case[0]]:
-            why = missing_tools(loss=bool(loss))
+        # the TCP flow beside the file: CUBIC, Linux's default and most of the TCP a campus
+        # link carries, then BBR (which this machine's kernel may use by default)
+        cases = [("50 Mbit/s", 50, 0.0, None, 30), ("10 Mbit/s", 10, 0.0, None, 8),
+                 ("50 Mbit/s + TCP cubic", 50, 0.0, "cubic", 60), ("50 Mbit/s + TCP bbr", 50, 0.0, "bbr", 60),
+                 ("50 Mbit/s, 1% loss", 50, 0.01, None, 30)]
+        for name, mbit, loss, algorithm, mib in [case for case in cases if only in case[0]]:
+            why = missing_tools(loss=bool(loss)) or (algorithm and missing_algorithm(algorithm))
             if why:
                 results.append({"case": name, "skipped": why})
                 continue
@@ -274,9 +297,9 @@ def run(quick: bool, congestion_control: bool, only: str = "") -> list[dict[str,
                 write_random_file(source, int(mib * scale * 2**20))
             link = mbit * 1e6 / 8
             with shaped_link(f"{mbit}mbit", loss=loss) as namespaces:
-                if with_tcp:
-                    alone = tcp_alone(namespaces, 3.0 * scale + 1)
-                    result = shared_with_tcp(namespaces, source, work / "out", congestion_control)
+                if algorithm:
+                    alone = tcp_alone(namespaces, 3.0 * scale + 1, algorithm)
+                    result = shared_with_tcp(namespaces, source, work / "out", congestion_control, algorithm)
                     result.update(tcp_alone=alone / link, tcp_share=result["tcp_rate"] / link)
                 else:
                     result = transfer(namespaces, source, work / "out", congestion_control)
@@ -346,7 +369,7 @@ def main(argv: list[str]) -> int:
     elif argv[:1] == ["tcp-sink"]:
         serve_tcp_sink()
     elif argv[:1] == ["tcp-source"]:
-        serve_tcp_source()
+        serve_tcp_source(argv[1])
     else:
         parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         parser.add_argument("--quick", action="store_true", help="a quarter of the sizes")
