@@ -310,10 +310,7 @@ class Controller:
             self._pacing_gain, self._cwnd_gain = 1 / STARTUP_GAIN, STARTUP_GAIN
         elif mode is Mode.PROBE_BW:
             # any phase but the draining one, chosen at random so flows do not probe in step
-            self._cycle_index = self._rng.choice([i for i in range(len(PROBE_GAINS)) if i != 1])
-            self._cycle_stamp = now
-            self._pacing_gain = PROBE_GAINS[self._cycle_index]
-            self._cwnd_gain = max(CWND_GAIN, self._pacing_gain)
+            self._start_phase(self._rng.choice([i for i in range(len(PROBE_GAINS)) if i != 1]), now)
         else:
             self._pacing_gain, self._cwnd_gain = 1.0, CWND_GAIN
             self._probe_rtt_done = None
@@ -331,13 +328,17 @@ class Controller:
         else:
             done = elapsed
         if done:
-            self._cycle_index = (self._cycle_index + 1) % len(PROBE_GAINS)
-            self._cycle_stamp = now
-            self._pacing_gain = PROBE_GAINS[self._cycle_index]
-            # The probing phase needs room for its extra data: with the window at 1.1 BDP a
-            # flow held back by another's queue could never probe its way back (measured: a
-            # TCP flow then kept 23-38% in 3 of 14 runs; with the room, 41-46% in 8 of 9, 33% in one).
-            self._cwnd_gain = max(CWND_GAIN, self._pacing_gain)
+            self._start_phase((self._cycle_index + 1) % len(PROBE_GAINS), now)
+
+    def _start_phase(self, index: int, now: float) -> None:
+        """ProbeBW's phase ``index`` begins: its pacing gain, and a window with room for it."""
+        self._cycle_index = index
+        self._cycle_stamp = now
+        self._pacing_gain = PROBE_GAINS[index]
+        # The probing phase needs room for its extra data: with the window at 1.1 BDP a
+        # flow held back by another's queue could never probe its way back (measured: a
+        # TCP flow then kept 23-38% in 3 of 14 runs; with the room, 41-46% in 8 of 9, 33% in one).
+        self._cwnd_gain = max(CWND_GAIN, self._pacing_gain)
 
     def _probe_rtt(self, now: float, inflight: int) -> None:
         """Hold half a BDP in flight for PROBE_RTT_TIME and at least one round trip."""
