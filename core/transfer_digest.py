@@ -46,6 +46,13 @@ class Checkpoint:
     chunk: int
     digest: bytes
 
+    def __post_init__(self) -> None:
+        """A record read back from disk is checked here, once: ``PrefixCheck`` relies on it."""
+        numbers = (self.offset, self.base, self.chunk)
+        if not all(type(n) is int for n in numbers) or not 0 <= self.base <= self.offset or self.chunk < 0 \
+                or (self.offset > self.base and not self.chunk):
+            raise ValueError(f"not a resume point: {numbers}")
+
 
 class PrefixCheck:
     """Recomputes a ``Checkpoint``'s digest from the partial file's bytes, fed from its start
@@ -75,7 +82,7 @@ class PrefixCheck:
         self._fed += len(view)
         chunk, piece, digests = self._point.chunk, self._piece, self._list
         while view:
-            take = chunk - len(piece) if chunk else len(view)
+            take = chunk - len(piece) if chunk else len(view)  # no chunks: only bytes past offset
             piece += view[:take]
             view = view[take:]
             if len(piece) == chunk:
@@ -85,7 +92,7 @@ class PrefixCheck:
     def matches(self) -> bool:
         """True if exactly ``offset`` bytes were fed and their hash list is the recorded one."""
         point = self._point
-        if self._fed != point.offset or self._list is None or (self._fed > point.base and not point.chunk):
+        if self._fed != point.offset or self._list is None:
             return False
         digests = self._list.copy()
         if self._piece:

@@ -139,9 +139,7 @@ class DiskStorage:
                 record = json.load(file)
             point = Checkpoint(record["offset"], record["base"], record["chunk"], bytes.fromhex(record["digest"]))
             offset = point.offset
-            numbers = (offset, point.base, point.chunk)
-            if record["size"] != size or not all(isinstance(n, int) for n in numbers) \
-                    or not 0 < offset <= size or not 0 <= point.base <= offset or point.chunk < 0:
+            if record["size"] != size or not 0 < offset <= size:
                 return None
             fd = os.open(self._path(name), os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
         except (OSError, ValueError, KeyError, TypeError):
