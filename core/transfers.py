@@ -315,9 +315,10 @@ class TransferEngine:
                     transfer.mark_bytes = endpoint.resumed
                     effects.append(Print(resuming(transfer.filename, endpoint.resumed, transfer.size,
                                                   f"at {transfer.who}")))
+            self._service(transfer, now, effects)
+            # after _service has written what was delivered: the record never runs ahead of the file
             if isinstance(endpoint, Receiver) and now >= transfer.checkpoint_due and not transfer.over:
                 self._checkpoint(transfer, now)
-            self._service(transfer, now, effects)
         self._hungry = hungry
         if self.show_progress:
             self._status(now, effects)
@@ -393,8 +394,6 @@ class TransferEngine:
                         except OSError as exc:
                             self._close_sink(transfer)  # what it holds is short: never resumed from
                             endpoint.abort(f"the receiver cannot write the file: {exc.strerror or exc}", now)
-                    if now >= transfer.checkpoint_due and not transfer.over:
-                        self._checkpoint(transfer, now)
                 elif type(event) is Completed:
                     self._completed(transfer, effects)
                 elif type(event) is Failed:

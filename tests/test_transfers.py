@@ -388,6 +388,22 @@ def test_closing_mid_transfer_aborts_both_sides_and_keeps_the_partial_file_for_a
     assert yoda.storage.open_sources == 0
 
 
+def test_a_resume_record_never_claims_more_than_the_file_holds() -> None:
+    net = Net(per_millisecond=2)  # slow enough that the download outlasts a checkpoint interval
+    yoda, luke = net.add(YODA), net.add(LUKE)
+    recorded: list[tuple[int, int]] = []  # (bytes the record claims, bytes written by then)
+    record = luke.storage.checkpoint
+
+    def checkpoint(name: str, size: int, point: Checkpoint) -> None:
+        recorded.append((point.offset, len(luke.storage.files[name])))
+        record(name, size, point)
+
+    luke.storage.checkpoint = checkpoint  # type: ignore[method-assign]
+    send(net, yoda, [luke], "big", os.urandom(600_000))
+    net.run(lambda: len(luke.lines) == 2)
+    assert recorded and all(claimed <= written for claimed, written in recorded), recorded
+
+
 def test_a_vanished_receiver_fails_the_sender_within_the_give_up_time() -> None:
     net = Net(per_millisecond=20)
     yoda, luke = net.add(YODA, give_up=2.0), net.add(LUKE)
