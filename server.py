@@ -39,7 +39,7 @@ from core import logformat, passwords
 from core.admission import AddressLimits, Admission
 from core.flood import TokenBucket
 from core.framing import FrameDecoder, FrameError, encode as frame
-from core.messages import Code, Error, Message, SchemaError, encode, requests
+from core.messages import Code, Error, Message, SchemaError, Welcome, encode, requests
 from core.login_throttle import LoginThrottle
 from core.rules import Announce, Append, Chat, Close, Effect, Hold, Send, parse_credentials, unusable_accounts
 from shell.connections import LOGIN_FRAME, Batch, Connection, Limits, ReadControl
@@ -138,8 +138,8 @@ class Server(ReadControl):
             self._handle(conn, now, batches)
         self._expire_logins(now, batches)
         self._run_timers(now, batches)
-        if self.cluster is not None:
-            batches.append((None, self.cluster.tick(now)))  # what the shared chat decided, this node's share
+        if self.cluster is not None:  # what the shared chat decided, this node's share
+            batches.append((None, self._count_cluster_logins(self.cluster.tick(now))))
         if self.accept_resume is not None and now >= self.accept_resume:
             self.accept_resume = None
             self.selector.register(self.listener, selectors.EVENT_READ)
@@ -214,7 +214,7 @@ class Server(ReadControl):
         while self.login_queue:
             _, conn_id = self.login_queue.popleft()
             conn = self.connections.get(conn_id)
-            if conn is not None and not conn.closing and not self._noticed_login(conn):
+            if conn is not None and not conn.closing and not conn.logged_in:
                 batches.append((conn, self._reject(conn, WAITING_FULL)))
                 return
 
@@ -316,19 +316,21 @@ class Server(ReadControl):
         self.waiting -= 1
         self.admission.logged_in(conn.ip)
 
-    def _noticed_login(self, conn: Connection) -> bool:
-        """Whether ``conn`` is logged in; a login made outside ``_handle`` (a cluster's) is counted here."""
-        if not conn.logged_in:
-            session = self.chat.sessions.get(conn.conn_id)
-            if session is not None and session.username is not None:
-                self._count_login(conn)
-        return conn.logged_in
+    def _count_cluster_logins(self, effects: list[Effect]) -> list[Effect]:
+        """``effects``, its logins counted (a cluster's are decided in the shared chat, not in _handle)."""
+        for effect in effects:
+            if type(effect) is Send and type(effect.message) is Welcome:
+                for conn_id in effect.conns:
+                    conn = self.connections.get(conn_id)
+                    if conn is not None and not conn.logged_in:
+                        self._count_login(conn)
+        return effects
 
     def _expire_logins(self, now: float, batches: list[Batch]) -> None:
         queue = self.login_queue
         while queue and queue[0][0] <= now:
             conn = self.connections.get(queue.popleft()[1])
-            if conn is not None and not conn.closing and not self._noticed_login(conn):
+            if conn is not None and not conn.closing and not conn.logged_in:
                 batches.append((conn, self._reject(conn, "Error. Login timed out.")))
 
     # --- effects -------------------------------------------------------------------------
@@ -404,7 +406,7 @@ class Server(ReadControl):
                 self._write(conn)  # at once; the selector only waits for what the socket refused
                 if conn.closing and not conn.out:
                     effects += self._drop(conn, now)
-                elif len(conn.out) > self.limits.login_output and not self._noticed_login(conn):
+                elif len(conn.out) > self.limits.login_output and not conn.logged_in:
                     self._say(f"{self._name(conn)} does not read its replies ({len(conn.out)} bytes unsent "
                               "before logging in); disconnecting it")
                     effects += self._drop(conn, now)

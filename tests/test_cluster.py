@@ -86,6 +86,15 @@ def test_login_order_presence_and_messages_are_global(cluster: Cluster) -> None:
     assert leia.recv() == PrivateMessage("Yoda", "across nodes", acks[1].timestamp)
 
 
+def test_the_first_request_after_a_login_may_use_the_bigger_frame_limit(cluster: Cluster) -> None:
+    yoda, luke = login(cluster, "Yoda", 0), login(cluster, "Luke", 1)
+    text = "\U0001F600" * 1000  # 4,000 bytes: with the names, a frame over the limit before login (4 KiB)
+    yoda.send(MsgTo(["Luke", *(letter * 20 for letter in "ABCDEF")], text))
+    assert isinstance(yoda.recv(), MsgSent)
+    message = luke.recv()
+    assert isinstance(message, PrivateMessage) and (message.sender, message.text) == ("Yoda", text)
+
+
 def test_numbering_is_global_under_concurrent_senders_on_every_node(cluster: Cluster) -> None:
     senders = [login(cluster, name, node) for node, name in enumerate(["Yoda", "Luke", "Leia"])]
     obiwan = login(cluster, "obiwan", 0)
