@@ -26,8 +26,7 @@ def cpu_time(pid: int) -> float:
         return cpu_seconds(pid)
 
 
-CYCLES = 2000  # login+logout cycles timed beside the idle users
-WINDOW = 200  # of them at once
+WINDOW = 200  # login+logout cycles at once
 RUNS = 3  # each figure is the median of this many fresh servers: 1,000 logins take only
 # ~0.1 s of server CPU, which one scheduling hiccup on a shared machine moves by 20 %
 
@@ -74,8 +73,7 @@ def _median_cpu(measure: Callable[[int], float], size: int) -> float:
 def rows(sizes: Any, profile: Path | None = None) -> list[dict[str, Any]]:
     from .registry import row
 
-    many = 1000 if getattr(sizes, "quick", False) else 10_000  # --quick: a tenth
-    few, cycles = many // 100, CYCLES if many == 10_000 else CYCLES // 4
+    many, few, cycles = sizes.presence_large, sizes.presence_small, sizes.presence_cycles
     beside_few, beside_many = _cycle_cpu(few, cycles), _cycle_cpu(many, cycles)  # 2,000 cycles: steady already
     cycle_ratio = beside_many / beside_few
     logins_few, logins_many = _median_cpu(_login_cpu, many // 10), _median_cpu(_login_cpu, many)

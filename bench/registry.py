@@ -49,9 +49,9 @@ class Sizes:
     login_cycles: int = 1000
     login_procs: int = 2
     login_window: int = 500
-    presence_small: int = 100  # users online beside the login+logout cycles
-    presence_large: int = 10_000
-    presence_cycles: int = 300
+    presence_small: int = 100  # users online beside the login+logout cycles...
+    presence_large: int = 10_000  # ...and beside these; also the larger login burst (a tenth: the smaller)
+    presence_cycles: int = 2000  # login+logout cycles timed
     group_members: int = 500
     group_window: int = 16  # group messages in flight (posted, not yet at the last member)
     group_procs: int = 2
@@ -66,7 +66,7 @@ QUICK = Sizes(
     quick=True, relay_clients=20, relay_warmup=0.3, relay_seconds=1.0,
     latency_clients=100, latency_rate=500.0, latency_warmup=0.3, latency_seconds=1.0,
     sessions=200, sessions_procs=2, login_cycles=100, login_window=50,
-    presence_small=10, presence_large=200, presence_cycles=30,
+    presence_small=10, presence_large=1000, presence_cycles=500,
     group_members=50, group_warmup=0.3, group_seconds=1.0,
     transfer_bytes=4 * 1024 * 1024, ceiling_bytes=4 * 1024 * 1024,
 )

@@ -87,10 +87,6 @@ class Logs:
     def append(self, log: str, line: str) -> None:
         self._pending[log].append(line)
 
-    def pending(self) -> dict[str, list[str]]:
-        """The lines of this turn not yet flushed, by file."""
-        return self._pending
-
     def flush(self) -> set[str]:
         """Write the turn's lines, one write per file, before any reply leaves; return the files
         that could not take them (each left as it was before the turn)."""

@@ -58,7 +58,6 @@ class Link:
     free_at: float = 0.0
     offered: int = 0  # datagrams that reached the queue
     overflowed: int = 0  # of those, dropped because it was full
-    max_backlog: float = 0.0  # bytes waiting, at most
 
     def depart(self, size: int, now: float) -> float | None:
         """When a datagram handed over now has left, or None if the full queue drops it."""
@@ -67,7 +66,6 @@ class Link:
         if self.queue is not None and backlog + size > self.queue:
             self.overflowed += 1
             return None
-        self.max_backlog = max(self.max_backlog, backlog)
         self.free_at = max(now, self.free_at) + size / self.rate
         return self.free_at
 
