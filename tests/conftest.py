@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from tests.harness import ServerProcess
+
+if TYPE_CHECKING:
+    from tests.cluster_harness import RedisServer
 
 # the behaviour tests of one server that also run against a 3-node cluster (clients spread over
 # the nodes), as the "cluster" parameter of their ``server`` fixture

@@ -24,7 +24,7 @@ import pytest
 from core import trust
 from core.client_session import RECONNECTED, RECONNECTING
 from tests.client_harness import LOGIN_LINES, PROMPT, ClientProcess, Output
-from tests.harness import CREDENTIALS, PASSWORDS, ROOT, TIMEOUT, LineReader, ServerProcess, wait_for
+from tests.harness import CREDENTIALS, PASSWORDS, ROOT, TIMEOUT, ServerProcess, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
                                 reason="needs the openssl command line to make certificates (apt-get install openssl)")
@@ -66,17 +66,8 @@ class TLSServer(ServerProcess):
 
     def __init__(self, data_dir: Path, certificate: Certificate, port: int = 0, *flags: str) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(CREDENTIALS, data_dir / "credentials.txt")
-        self.data_dir = data_dir
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), str(port), "3", "--host", "127.0.0.1", "--data-dir",
-             str(data_dir), "--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key), *flags],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.output = LineReader(self.process.stdout)
-        first = self.output.expect(re.compile(r"TESSENGER server listening on .*"))
-        self.port = int(re.search(r":(\d+) ", first).group(1))
+        super().__init__(data_dir, 3, "--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key), *flags,
+                         port=port)
         self.fingerprint = SERVER_FINGERPRINT.fullmatch(self.output.expect(SERVER_FINGERPRINT)).group(1)
 
 
