@@ -502,6 +502,7 @@ class WriterLogs:
     def __init__(self, logs: Any, node: Node) -> None:
         self._logs = logs
         self._node = node
+        self.append = logs.append  # once per log line: found here, not through __getattr__
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._logs, name)
