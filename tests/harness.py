@@ -128,8 +128,10 @@ class ServerProcess:
 class WireClient:
     """A blocking test client that speaks frames of JSON messages."""
 
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.sock = socket.create_connection(address, timeout=TIMEOUT)
+    def __init__(self, address: tuple[str, int], source: str | None = None) -> None:
+        """``source``: the local address to connect from (another loopback address acts as another host)."""
+        self.sock = socket.create_connection(address, timeout=TIMEOUT,
+                                             source_address=None if source is None else (source, 0))
         self.decoder = FrameDecoder(1 << 24)
         self.pending: list[Message] = []
 

@@ -4,35 +4,17 @@ items 4, 7 and 8): failed logins throttled per address, group quotas, credential
 from __future__ import annotations
 
 import select
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from core.framing import FrameDecoder
 from core.messages import ActiveUser, ActiveUsers, CreateGroup, Error, GroupCreated, Login, Welcome
 from tests.harness import CREDENTIALS, PASSWORDS, ROOT, TIMEOUT, ServerProcess, WireClient
+from tests.test_limits import rss_kib
 from tests.test_server import login
 
 ATTACKER = "127.0.0.66"  # another loopback address: the honest clients come from 127.0.0.1
-
-
-class ClientFrom(WireClient):
-    """A WireClient whose connection comes from the loopback address ``source``."""
-
-    def __init__(self, port: int, source: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0))
-        self.decoder = FrameDecoder(1 << 24)
-        self.pending = []
-
-
-def rss(pid: int) -> int:
-    """Resident memory of ``pid`` in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def test_failed_logins_from_one_address_are_slowed_and_other_addresses_are_not(tmp_path: Path) -> None:
@@ -41,7 +23,7 @@ def test_failed_logins_from_one_address_are_slowed_and_other_addresses_are_not(t
         CREDENTIALS.read_text() + "".join(f"{u} secret\n" for u in users))
     server = ServerProcess(tmp_path, 5, "--failed-login-burst", "3", "--failed-login-rate", "4")
     try:
-        attackers = [ClientFrom(server.port, ATTACKER) for _ in users]
+        attackers = [WireClient(("127.0.0.1", server.port), ATTACKER) for _ in users]
         start = time.monotonic()
         for attacker, user in zip(attackers, users):  # one guess per account: no account is blocked
             attacker.send(Login(user, "guess", 7000))
@@ -63,7 +45,7 @@ def test_failed_logins_from_one_address_are_slowed_and_other_addresses_are_not(t
 def test_requests_sent_behind_a_held_login_wait_for_it_and_keep_their_order(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, 3, "--failed-login-burst", "1", "--failed-login-rate", "2")
     try:
-        client = ClientFrom(server.port, ATTACKER)
+        client = WireClient(("127.0.0.1", server.port), ATTACKER)
         start = time.monotonic()
         client.send(Login("Yoda", "typo", 7000), Login("Yoda", PASSWORDS["Yoda"], 7000), ActiveUser())
         assert client.recv() == Error("invalid_password", "Invalid Password. Please try again")
@@ -89,7 +71,7 @@ def test_twenty_thousand_creategroups_from_one_user_are_refused_past_the_quota(t
                     created += 1
                 else:
                     assert reply == Error("command", refusal.format(i))
-            sizes.append(rss(server.process.pid))
+            sizes.append(rss_kib(server.process.pid) * 1024)
         assert created == 100
         assert len(list(tmp_path.glob("*_messagelog.txt"))) == 100
         # the 19,000 refusals after the first thousand requests keep nothing

@@ -281,15 +281,16 @@ def test_a_redis_with_a_password(tmp_path: Path) -> None:
 
 def test_a_login_held_for_its_address_waits_on_any_node_with_what_follows(redis_server: RedisServer,
                                                                           tmp_path: Path) -> None:
-    from tests.test_abuse_e2e import ATTACKER, ClientFrom
+    from tests.test_abuse_e2e import ATTACKER
 
     cluster = Cluster(redis_server, tmp_path, 2, 3, "--failed-login-burst", "1", "--failed-login-rate", "2")
     try:
         start = time.monotonic()
-        first = ClientFrom(cluster.nodes[0].port, ATTACKER)
+        first = WireClient(("127.0.0.1", cluster.nodes[0].port), ATTACKER)
         first.send(Login("Yoda", "typo", 7000))
         assert first.recv() == Error("invalid_password", "Invalid Password. Please try again")
-        second = ClientFrom(cluster.nodes[1].port, ATTACKER)  # the address's failures count on every node
+        # the address's failures count on every node
+        second = WireClient(("127.0.0.1", cluster.nodes[1].port), ATTACKER)
         second.send(Login("Yoda", PASSWORDS["Yoda"], 7000), ActiveUser())
         assert second.recv() == Welcome("Yoda")  # put off half a second, then handled...
         assert time.monotonic() - start >= 0.5 - 0.05
