@@ -192,26 +192,18 @@ class Sender(_Endpoint[SenderEvent]):
         store = self._store
         out = self._out
         index = first = self._next
+        pieces: list[bytes | memoryview] = []  # the chunks this call completes, in order
         start = 0
         if self._partial:  # complete the waiting piece with the head of this one
             start = min(chunk - len(self._partial), length)
             self._partial += view[:start]
             if len(self._partial) == chunk or at_end:
-                header = pack(magic, _DATA, tid, index, chunk)
-                term = keyed.copy()
-                term.update(header)
-                term.update(self._partial)
-                digest = term.digest()
-                add_digest(digest)
-                datagram = b"".join((header, self._partial, digest[:tag]))
-                store[index] = datagram
-                out.append(datagram)
-                index += 1
+                pieces.append(self._partial)
                 self._partial = b""
         end = length if at_end else start + (length - start) // chunk * chunk
-        for offset in range(start, end, chunk):
+        pieces += [view[offset : offset + chunk] for offset in range(start, end, chunk)]
+        for piece in pieces:
             header = pack(magic, _DATA, tid, index, chunk)
-            piece = view[offset : offset + chunk]
             term = keyed.copy()  # core.transfer_digest.chunk_term, without a call
             term.update(header)
             term.update(piece)
