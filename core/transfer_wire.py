@@ -80,10 +80,11 @@ class Mac:
     """AMAC with SHA-256 under one transfer's key: a datagram's tag is the first 16 bytes
     (128 bits) of SHA-256(key block || every byte of the datagram before the tag).
 
-    AMAC -- a secret key prefix, a Merkle-Damgard hash, the output truncated -- is a proven
-    PRF, so a MAC (Bellare, Bernstein and Tessaro, "Hash-function based PRFs: AMAC and its
-    multi-user security", Eurocrypt 2016); truncation hides half of SHA-256's final state, so
-    a tag cannot be extended to a longer message as an untruncated SHA-256(key || m) can.
+    AMAC -- a secret key prefix, a Merkle-Damgard hash, the output truncated -- is proven a
+    PRF, so a MAC, in the ideal-compression-function model (Bellare, Bernstein and Tessaro,
+    "Hash-function based PRFs: AMAC and its multi-user security", Eurocrypt 2016; Ed25519
+    uses it with SHA-512). Truncation hides half of SHA-256's final state, so a tag cannot be
+    extended to a longer message as an untruncated SHA-256(key || m) can.
 
     It needs one pass over the datagram, where HMAC or hash-then-MAC needs a second, keyed
     hash after it; and a DATA's whole 32-byte digest is at once its tag's source and its
