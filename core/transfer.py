@@ -15,7 +15,7 @@ The receiver speaks first (HELLO, repeated until data arrives). The sender keeps
 of chunks in flight, bounded by what the receiver's socket buffer can hold and, below that,
 paced and bounded by a congestion controller (core/congestion.py), and learns from
 cumulative + selective ACKs what to resend (RACK, with an RFC 6298 timeout behind it). A
-FIN carries the digest of the file (a SHA-256 hash list over its chunks,
+FIN carries the digest of the file (a SHA-256 hash list over its chunks' keyed hashes,
 ``core.transfer_digest``); the receiver answers DONE, with its own digest, only
 when the digest of what it delivered matches. Every wait is bounded, so each side ends
 Completed or Failed, and an ABORT tells the peer at once.
@@ -186,37 +186,30 @@ class Sender(_Endpoint[SenderEvent]):
         pack = wire.DATA.pack
         magic = _MAGIC
         tid = self.transfer_id
-        mac = self._mac
-        sha256 = hashlib.sha256
+        keyed = self._keyed
+        tag = self._tag
         add_digest = self._hash.update
         store = self._store
         out = self._out
         index = first = self._next
+        pieces: list[bytes | memoryview] = []  # the chunks this call completes, in order
         start = 0
         if self._partial:  # complete the waiting piece with the head of this one
             start = min(chunk - len(self._partial), length)
             self._partial += view[:start]
             if len(self._partial) == chunk or at_end:
-                header = pack(magic, _DATA, tid, index, chunk)
-                digest = sha256(self._partial).digest()
-                add_digest(digest)
-                datagram = header + self._partial
-                if mac is not None:
-                    datagram += mac.tag(header + digest)
-                store[index] = datagram
-                out.append(datagram)
-                index += 1
+                pieces.append(self._partial)
                 self._partial = b""
         end = length if at_end else start + (length - start) // chunk * chunk
-        for offset in range(start, end, chunk):
+        pieces += [view[offset : offset + chunk] for offset in range(start, end, chunk)]
+        for piece in pieces:
             header = pack(magic, _DATA, tid, index, chunk)
-            piece = view[offset : offset + chunk]
-            digest = sha256(piece).digest()  # core.transfer_digest.chunk_digest, without a call
+            term = keyed.copy()  # core.transfer_digest.chunk_term, without a call
+            term.update(header)
+            term.update(piece)
+            digest = term.digest()
             add_digest(digest)
-            if mac is None:
-                datagram = header + piece
-            else:
-                datagram = b"".join((header, piece, mac.tag(header + digest)))
+            datagram = b"".join((header, piece, digest[:tag]))  # the tag: the digest's head (wire.Mac)
             store[index] = datagram
             out.append(datagram)
             index += 1

@@ -138,6 +138,10 @@ class _Endpoint(Generic[_Event]):
         # dropped before anything else looks at it. Unkeyed (None) only for benchmarks/tests.
         self._mac = wire.Mac(key) if key is not None else None
         self._tag = wire.TAG_SIZE if key is not None else 0
+        self._key = key
+        # A DATA's digest (its tag and its chunk's term in the file's digest) is this object's
+        # copy fed the datagram: core.transfer_digest.chunk_term, inlined on the hot paths.
+        self._keyed = wire.keyed_sha256(key)
         self.state = State.SETUP
         self.closed = False
         self._over = False  # Completed or Failed: only lingering is left

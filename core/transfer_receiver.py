@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 from typing import Any
 
 from core import transfer_wire as wire
@@ -14,7 +14,7 @@ from .transfer_common import (
     ReceiverEvent, State, _data_fields, _Endpoint, footprint,
 )
 
-_sha256 = hashlib.sha256
+_compare_digest = hmac.compare_digest  # constant time (unkeyed: two empty strings)
 
 
 class Receiver(_Endpoint[ReceiverEvent]):
@@ -63,7 +63,7 @@ class Receiver(_Endpoint[ReceiverEvent]):
         self._max_datagram = max_datagram
         self._ack_delay = ack_delay
         prefix_digest = prefix_hash.digest() if resume else EMPTY_PREFIX
-        self._hash = hash_list(prefix_digest)  # fed each chunk's SHA-256 as it is delivered
+        self._hash = hash_list(prefix_digest)  # fed each chunk's term as it is delivered
         self._chunk = 0  # learnt from the first DATA; every DATA must then agree
         self._total = 0 if self._span == 0 else -1  # chunks to receive, once chunk is known
         self._whole = 0  # chunks 0 .. _whole - 1 are whole chunks; only the last may be shorter
@@ -73,7 +73,7 @@ class Receiver(_Endpoint[ReceiverEvent]):
         self._window_chunks = 0  # how far beyond the first missing chunk data is buffered
         self._ack_every = 1
         self._cum = 0  # chunks delivered in order
-        self._held: dict[int, tuple[memoryview, bytes]] = {}  # chunks beyond a gap, with their SHA-256
+        self._held: dict[int, tuple[memoryview, bytes]] = {}  # chunks beyond a gap, with their terms
         self._held_bits = 0  # bit i: chunk cum + i is in _held
         self._unacked = 0  # chunks received since the last ACK
         self._trigger = wire.NO_CHUNK  # the latest chunk received, named in ACKs
@@ -96,7 +96,8 @@ class Receiver(_Endpoint[ReceiverEvent]):
 
     def checkpoint(self) -> Checkpoint:
         """The ``bytes_received`` bytes delivered so far and their digest (a resume point)."""
-        return Checkpoint(self.bytes_received, self.resumed, self._chunk, self._hash.copy().digest())
+        return Checkpoint(self.bytes_received, self.resumed, self._chunk, self._hash.copy().digest(),
+                          self.transfer_id, self._key)
 
     def events(self) -> list[ReceiverEvent]:
         self._chunks = None  # the next delivery starts a new Data event
@@ -105,11 +106,14 @@ class Receiver(_Endpoint[ReceiverEvent]):
     def receive(self, datagram: bytes, now: float) -> None:
         """Handle one datagram from the sender; anything malformed, foreign or forged is ignored."""
         if datagram.startswith(self._data_prefix) and not self._over:
-            # nearly every datagram: keep its path short. Its chunk is hashed once, for the
-            # tag and the file's digest (core.transfer_digest.chunk_digest, without a call).
-            digest = _sha256(memoryview(datagram)[_HEADER : len(datagram) - self._tag]).digest()
-            mac = self._mac
-            if mac is None or mac.check_data(datagram, digest):
+            # nearly every datagram: keep its path short. It is hashed once, for its tag and
+            # its chunk's term in the file's digest (core.transfer_digest.chunk_term, without
+            # a call); unkeyed, the tag and its digest's head are both empty.
+            end = len(datagram) - self._tag
+            term = self._keyed.copy()
+            term.update(memoryview(datagram)[:end])
+            digest = term.digest()
+            if _compare_digest(digest[: self._tag], datagram[end:]):
                 self._on_data(datagram, digest, now)
             return
         accepted = self._accepted(datagram, now)
@@ -150,8 +154,8 @@ class Receiver(_Endpoint[ReceiverEvent]):
     # -- protocol ------------------------------------------------------------------------
 
     def _on_data(self, datagram: bytes, digest: bytes, now: float) -> None:
-        """One DATA of this transfer (magic, kind, id and tag already checked), the SHA-256 of
-        its chunk ``digest``.
+        """One DATA of this transfer (magic, kind, id and tag already checked), its chunk's
+        term ``digest`` (``core.transfer_digest``).
 
         The common case -- a whole chunk, the next one expected -- takes the fewest steps:
         at 1,400-byte datagrams this runs ~75,000 times for 100 MiB. Anything else takes a

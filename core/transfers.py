@@ -298,6 +298,7 @@ class TransferEngine:
     def tick(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
         hungry = False
+        budget = self._budget()  # once a turn, not per upload: only feeding adds to what is held meanwhile
         for transfer in list(self._transfers.values()):
             endpoint = transfer.endpoint
             deadline = endpoint.next_deadline()
@@ -308,8 +309,10 @@ class TransferEngine:
             if transfer.job is not None:
                 assert isinstance(endpoint, Sender)
                 if endpoint.want_data():
-                    self._feed(transfer, endpoint, now)
-                    hungry = hungry or (endpoint.want_data() > 0 and self._budget() > 0)
+                    held = endpoint.held_bytes
+                    self._feed(transfer, endpoint, now, budget)
+                    budget -= endpoint.held_bytes - held
+                    hungry = hungry or (endpoint.want_data() > 0 and budget > 0)
                 if endpoint.resumed and not transfer.announced:
                     transfer.announced = True
                     transfer.mark_bytes = endpoint.resumed
@@ -359,11 +362,12 @@ class TransferEngine:
 
     # --- inside --------------------------------------------------------------------------
 
-    def _feed(self, transfer: _Transfer, sender: Sender, now: float) -> None:
-        """At most one block of the file per turn, so ACKs are read between blocks."""
+    def _feed(self, transfer: _Transfer, sender: Sender, now: float, budget: int) -> None:
+        """At most one block of the file per turn, so ACKs are read between blocks; at most
+        what ``budget`` bytes of datagrams hold."""
         job = transfer.job
         assert job is not None and job.source is not None
-        wanted = min(sender.want_data(), len(self._block), sender.payload_within(self._budget()))
+        wanted = min(sender.want_data(), len(self._block), sender.payload_within(budget))
         if wanted <= 0:
             return  # every upload together holds max_in_flight_total: wait for ACKs
         block = self._block[:wanted]

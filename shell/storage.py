@@ -124,9 +124,11 @@ class DiskStorage:
         and their digest: written to a temporary file and renamed, so a kill at any moment
         leaves the old record or the new one, never half of one."""
         record = json.dumps({"size": size, "offset": point.offset, "base": point.base, "chunk": point.chunk,
-                             "digest": point.digest.hex()})
+                             "digest": point.digest.hex(), "transfer_id": point.transfer_id.hex(),
+                             "key": point.key.hex() if point.key is not None else None})
         temporary = self._path(name + SIDECAR + ".new")
-        with open(temporary, "w") as file:
+        # owner-only: the record holds the (spent) transfer key its digest was computed under
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as file:
             file.write(record)
         os.replace(temporary, self._path(name + SIDECAR))
 
@@ -137,7 +139,9 @@ class DiskStorage:
         try:
             with open(self._path(name + SIDECAR)) as file:
                 record = json.load(file)
-            point = Checkpoint(record["offset"], record["base"], record["chunk"], bytes.fromhex(record["digest"]))
+            key = record["key"]
+            point = Checkpoint(record["offset"], record["base"], record["chunk"], bytes.fromhex(record["digest"]),
+                               bytes.fromhex(record["transfer_id"]), None if key is None else bytes.fromhex(key))
             offset = point.offset
             if record["size"] != size or not 0 < offset <= size:
                 return None

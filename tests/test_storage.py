@@ -12,6 +12,7 @@ from pathlib import Path
 from core.progress import Progress, clock, describe, progress_line, resuming
 from core.transfer_digest import Checkpoint
 from shell.storage import DiskStorage
+from tests.test_transfer import TID
 from tests.test_transfer_digest import hash_list
 
 
@@ -21,8 +22,9 @@ def partial(tmp_path: Path, data: bytes, recorded: int, size: int) -> DiskStorag
     sink.write([memoryview(data)])
     sink.close()
     chunk = 1_000  # recorded as if it came in 1,000-byte chunks after the first 10,000 bytes
-    storage.checkpoint(".Yoda_clip.part", size, Checkpoint(recorded, min(10_000, recorded), chunk,
-                                                           hash_list(data[:recorded], min(10_000, recorded), chunk)))
+    base, key = min(10_000, recorded), bytes(range(32))
+    storage.checkpoint(".Yoda_clip.part", size, Checkpoint(recorded, base, chunk,
+                                                           hash_list(data[:recorded], base, chunk, TID, key), TID, key))
     return storage
 
 
@@ -53,6 +55,12 @@ def test_a_partial_file_that_does_not_match_its_record_is_not_resumed(tmp_path: 
     found = storage.resume(".Yoda_clip.part", 200_000)  # (restored, it does)
     assert found is not None
     found[2].close()
+    sidecar = tmp_path / ".Yoda_clip.part.resume"
+    assert os.stat(sidecar).st_mode & 0o777 == 0o600  # it holds a (spent) transfer key
+    kept = json.loads(sidecar.read_text())
+    for field, value in (("key", bytes(32).hex()), ("key", None), ("transfer_id", bytes(16).hex())):
+        sidecar.write_text(json.dumps({**kept, field: value}))  # the terms were hashed under others
+        assert storage.resume(".Yoda_clip.part", 200_000) is None
     record = {"size": 200_000, "offset": 80_000, "sha256": hashlib.sha256(data[:80_000]).hexdigest()}
     (tmp_path / ".Yoda_clip.part.resume").write_text(json.dumps(record))  # an older client's record
     assert storage.resume(".Yoda_clip.part", 200_000) is None

@@ -1,10 +1,12 @@
 """The end-to-end digest of a transfer (core/transfer_digest.py): the FIN and DONE carry the
-SHA-256 hash list PROTOCOL.md defines, resumed or not; a resume record is checked against it."""
+SHA-256 hash list PROTOCOL.md defines, resumed or not, keyed or not; a resume record is
+checked against it."""
 
 from __future__ import annotations
 
 import hashlib
 import random
+import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,10 +18,14 @@ from core.transfer_wire import Kind
 from tests.test_transfer import TID, Link, Simulation, content_of
 
 
-def hash_list(data: bytes, base: int, chunk: int) -> bytes:
-    """PROTOCOL.md's digest, written from its definition alone."""
+def hash_list(data: bytes, base: int, chunk: int, transfer_id: bytes = TID, key: bytes | None = None) -> bytes:
+    """PROTOCOL.md's digest, written from its definition alone: the SHA-256 of the prefix,
+    then each chunk's DATA datagram (magic 0x71, kind 2, id, index, chunk size, chunk)
+    hashed after the key zero-padded to 64 bytes (nothing without a key)."""
+    key_block = key.ljust(64, b"\0") if key is not None else b""
     terms = [hashlib.sha256(data[:base]).digest()]
-    terms += [hashlib.sha256(data[i : i + chunk]).digest() for i in range(base, len(data), chunk)]
+    terms += [hashlib.sha256(key_block + struct.pack("!BB16sII", 0x71, 2, transfer_id, n, chunk) + data[i : i + chunk]).digest()
+              for n, i in enumerate(range(base, len(data), chunk))]
     return hashlib.sha256(b"".join(terms)).digest()
 
 
@@ -40,10 +46,11 @@ def fins(content: bytes, **kwargs: object) -> tuple[list[bytes], object]:
 @given(size=st.integers(0, 20_000), keyed=st.booleans())
 def test_the_fin_carries_the_hash_list_of_the_chunks(size: int, keyed: bool) -> None:
     content = content_of(size, size)
-    seen, final = fins(content, **({"key": bytes(32)} if keyed else {}))
+    key = bytes(range(32)) if keyed else None
+    seen, final = fins(content, key=key)
     chunk = 1_000 - wire.DATA_HEADER_SIZE - (wire.TAG_SIZE if keyed else 0)
     body = seen[0][: -wire.TAG_SIZE] if keyed else seen[0]
-    assert wire.decode_fin(body) == (size, hash_list(content, 0, chunk))
+    assert wire.decode_fin(body) == (size, hash_list(content, 0, chunk, key=key))
     assert final == Completed()
 
 
@@ -104,16 +111,17 @@ blocks = st.lists(st.integers(1, 5_000), min_size=1, max_size=30)
 
 @settings(deadline=None, max_examples=200)
 @given(size=st.integers(1, 20_000), base=st.floats(0, 1), chunk=st.integers(1, 3_000), chunks=st.integers(0, 20),
-       splits=blocks, seed=st.integers(0, 2**32))
+       splits=blocks, seed=st.integers(0, 2**32), keyed=st.booleans())
 def test_a_recorded_prefix_checks_out_in_blocks_of_any_size(
-    size: int, base: float, chunk: int, chunks: int, splits: list[int], seed: int
+    size: int, base: float, chunk: int, chunks: int, splits: list[int], seed: int, keyed: bool
 ) -> None:
     data = random.Random(seed).randbytes(size)
     held = int(base * size)
     offset = min(size, held + chunks * chunk)  # whole chunks delivered, or all of them (the last short)
     if offset == 0:
         return
-    point = Checkpoint(offset, held, chunk, hash_list(data[:offset], held, chunk))
+    key = bytes(range(32)) if keyed else None
+    point = Checkpoint(offset, held, chunk, hash_list(data[:offset], held, chunk, key=key), TID, key)
 
     def fed(prefix: bytes) -> PrefixCheck:
         check = PrefixCheck(point)

@@ -380,7 +380,7 @@ def test_closing_mid_transfer_aborts_both_sides_and_keeps_the_partial_file_for_a
     assert name == ".Yoda_big.part" and data.startswith(kept) and luke.storage.open_sinks == 0
     size, point = luke.storage.records[name]
     assert (size, point.offset, point.base) == (len(data), len(kept), 0)
-    assert point.digest == hash_list(kept, 0, point.chunk)
+    assert point.digest == hash_list(kept, 0, point.chunk, point.transfer_id, point.key)
     assert luke.sent[-1][0][1] == Kind.ABORT and decode_abort(luke.sent[-1][0][:-TAG_SIZE]) == "Luke logged out"
     assert luke.engine.active() == 0 and luke.engine.deadline() is None
     net.run(lambda: len(yoda.lines) == 2)

@@ -161,7 +161,7 @@ def test_a_killed_audience_resumes_where_it_was_and_only_the_rest_is_sent() -> N
     size, point = luke.storage.records[name]
     recorded = point.offset
     assert name == ".Yoda_clip.mp4.part" and size == len(data) and 0 < recorded <= len(partial)
-    assert point.digest == hash_list(data[:recorded], 0, point.chunk)
+    assert point.digest == hash_list(data[:recorded], 0, point.chunk, point.transfer_id, point.key)
     luke = restart(net, luke)
     before = len(yoda.sent)
     send(net, yoda, [luke], "clip.mp4", data, first=2)
