@@ -68,7 +68,9 @@ FULL_BW_ROUNDS = 3
 INITIAL_WINDOW = 10  # datagrams, as TCP (RFC 6928) and QUIC start
 MIN_WINDOW = 4  # datagrams
 PACING_BURST = 0.01  # seconds of data the pacer may release at once: what a late loop may catch up
-SEND_QUANTUM = 0.001  # seconds of data the pacer lets go at least at once (and a datagram)
+# Seconds of data the pacer lets go at least at once (and a datagram): BBR's send quantum,
+# without its 64 KB cap (one TSO packet there; here the shell cuts what it gets into GSO runs).
+SEND_QUANTUM = 0.001
 LOSS_THRESHOLD = 0.02  # losing more than this fraction of what was sent means a full queue...
 LOSS_MIN_DATAGRAMS = 4  # ...if at least this many were lost...
 LOSS_EPOCH_DATAGRAMS = 50  # ...out of at least this many (and a round trip): one random loss is not
