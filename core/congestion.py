@@ -11,8 +11,8 @@ derives from it
   never sees a window's worth at once, and of at least one millisecond's worth (BBR's send
   quantum): released a datagram at a time, a fast loop wakes per datagram or two, and on
   loopback its turns and system calls, not the data, take the CPU (measured at 1,400
-  bytes: runs of 7-25 datagrams per ``sendmsg`` instead of 44, up to twice the CPU per
-  datagram on each side);
+  bytes: runs of 7-25 datagrams per ``sendmsg`` instead of 44, up to twice the sender's
+  CPU per datagram and half again the receiver's);
 - the **congestion window**, 1.1 times the bandwidth-delay product (1.25 while probing for
   more) plus ``extra_acked``, the
   largest lump of data recently acknowledged at once beyond what ``btlbw`` explains (BBR's
