@@ -278,8 +278,8 @@ class Sender(_Endpoint[SenderEvent]):
         return deadline if self._loss_deadline is None else min(deadline, self._loss_deadline)
 
     def next_send_time(self) -> float | None:
-        """When the pacer lets the next datagram go, if only the pacer holds data back
-        (None: no controller, nothing left to feed, or a window is full)."""
+        """When the pacer next lets data go (a quantum, ``core.congestion``), if only the pacer
+        holds data back (None: no controller, nothing left to feed, or a window is full)."""
         controller = self.controller
         if controller is None or self._fed == self.size or self.state is not State.RUNNING:
             return None

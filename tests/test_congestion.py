@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from bench import shaped_link as shaped
 from bench.transfer_loopback import write_random_file
-from core.congestion import CWND_GAIN, LOSS_BACKOFF, MIN_RTT_LIFETIME, MIN_RTT_WINDOW, PACING_BURST, Controller, Mode
+from core.congestion import (CWND_GAIN, LOSS_BACKOFF, MIN_RTT_LIFETIME, MIN_RTT_WINDOW, PACING_BURST, SEND_QUANTUM,
+                             Controller, Mode)
 from core.transfer import ETHERNET_DATAGRAM_SIZE, Completed
 from core.transfer_wire import DATA_HEADER_SIZE
 from tests.test_transfer import Link, Outcome, Simulation, content_of
@@ -114,11 +115,29 @@ def test_the_pacer_releases_a_burst_then_wakes_at_the_rate() -> None:
     controller.on_send(controller.allowance(), 0, 0.0, app_limited=False)  # the initial window
     assert controller.allowance() == 0
     wake = controller.next_send_time()
-    assert wake == pytest.approx(1_000 / controller.pacing_rate, abs=2e-6)
+    quantum = max(1_000, controller.pacing_rate * SEND_QUANTUM)
+    assert wake == pytest.approx(quantum / controller.pacing_rate, abs=2e-6)
     controller.advance(wake)
-    assert controller.allowance() >= 1_000
+    assert controller.allowance() >= quantum
     controller.advance(wake + 10.0)  # a long idle time adds one burst, not ten seconds' worth
     assert controller.allowance() <= max(2_000, controller.pacing_rate * PACING_BURST) + 1
+
+
+@pytest.mark.parametrize("rate", [1e5, 1e7])  # below and above a datagram per millisecond
+def test_the_pacer_lets_a_quantum_go_at_once(rate: float) -> None:
+    """A millisecond's worth, at least a datagram; not a datagram at a time: a loop woken per
+    datagram spends its CPU on turns and system calls instead of data (on loopback, where
+    the CPU is the bottleneck)."""
+    controller = Controller(1_000, 0.0)
+    controller.on_send(controller.allowance(), 0, 0.0, app_limited=False)  # the initial window
+    controller.pacing_rate = rate  # as the model sets it on a path of that rate
+    quantum = max(1_000, rate * SEND_QUANTUM)
+    wake = controller.next_send_time()
+    assert wake == pytest.approx(quantum / rate, abs=2e-6)
+    controller.advance(wake * 0.95)  # short of the quantum (at 1e7 B/s by then 9 datagrams' worth)
+    assert controller.allowance() == 0
+    controller.advance(wake)
+    assert quantum <= controller.allowance() <= quantum + rate * 2e-6
 
 
 def feed_acks(controller: Controller, rate: float, rtt: float, start: float, seconds: float,
