@@ -40,7 +40,8 @@ from typing import Any, Iterator
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.transfer_loopback import SOCKET_BUFFER, Transfer, TransferLoop, transfer_once, write_random_file
+from bench.transfer_loopback import (SOCKET_BUFFER, Transfer, TransferLoop, alternating, transfer_once,
+                                     write_random_file)
 from core.transfer import ETHERNET_DATAGRAM_SIZE, LOOPBACK_DATAGRAM_SIZE, Completed, Receiver, Sender
 from core.transfer_wire import DATA_HEADER_SIZE
 
@@ -311,8 +312,9 @@ def run(quick: bool, congestion_control: bool, only: str = "") -> list[dict[str,
 
 def loopback(quick: bool, repeat: int = 5) -> list[dict[str, Any]]:
     """What the controller costs where the CPU is the bottleneck: loopback transfers with it
-    and without it, alternately, ``repeat`` times each; the median of each, and the range of
-    the ratios of each pair (with other work on the machine, single runs vary by +-30%)."""
+    and without it, ``repeat`` times each in balanced order after a warm-up of each
+    (``alternating``); the median of each, and the range of the ratios of each pair (with
+    other work on the machine, single runs vary by +-30%)."""
     results = []
     with tempfile.TemporaryDirectory() as sending, tempfile.TemporaryDirectory() as receiving:
         source = Path(sending) / "file.bin"
@@ -320,11 +322,10 @@ def loopback(quick: bool, repeat: int = 5) -> list[dict[str, Any]]:
         for name, datagram, loss in (("loopback, default datagram", LOOPBACK_DATAGRAM_SIZE, 0.0),
                                      ("loopback, 1,400 bytes", 1_400, 0.0),
                                      ("loopback, 10% loss", LOOPBACK_DATAGRAM_SIZE, 0.1)):
-            runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
-            for _ in range(repeat):
-                for controlled in (False, True):
-                    runs[controlled].append(transfer_once(source, Path(receiving), datagram, loss,
-                                                          congestion_control=controlled))
+            on_runs, off_runs = alternating(
+                lambda: transfer_once(source, Path(receiving), datagram, loss, congestion_control=True),
+                lambda: transfer_once(source, Path(receiving), datagram, loss, congestion_control=False), repeat)
+            runs = {True: on_runs, False: off_runs}
             on, off = (sorted(runs[c], key=lambda r: r["MBps"])[repeat // 2] for c in (True, False))
             pairs = sorted(a["MBps"] / b["MBps"] for a, b in zip(runs[True], runs[False]))
             results.append({"case": name, "on_MBps": on["MBps"], "off_MBps": off["MBps"],

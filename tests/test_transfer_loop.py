@@ -10,8 +10,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-from bench.transfer_loopback import Transfer, TransferLoop, open_socket
+from bench.transfer_loopback import Transfer, TransferLoop, alternating, open_socket
 from core.transfer import Completed, Failed, Receiver, Sender, State
 
 
@@ -84,3 +85,19 @@ def test_a_refused_transfer_leaves_no_file(tmp_path: Path) -> None:
     assert list(received.iterdir()) == []
     a_sock.close()
     b_sock.close()
+
+
+def test_paired_benchmark_runs_warm_up_then_take_turns_going_first() -> None:
+    """A ratio of two variants (MACs on/off, the controller on/off) must not charge one of
+    them the slow first run of a case, nor always run it first."""
+    calls: list[str] = []
+
+    def variant(name: str) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            calls.append(name)
+            return {"call": len(calls)}
+        return run
+
+    first, second = alternating(variant("A"), variant("B"), 3)
+    assert calls == ["A", "B", "A", "B", "B", "A", "A", "B"]
+    assert [r["call"] for r in first] == [3, 6, 7] and [r["call"] for r in second] == [4, 5, 8]
