@@ -15,7 +15,7 @@ over those needed, and the TCP flow's share while the transfer ran. Needs root, 
 Everything it creates carries the process id in its name and is removed at the end.
 
 First, what the controller costs where the CPU, not the link, is the bottleneck: loopback
-transfers (``bench/transfer_loopback.py``) with the controller and without it, alternately,
+transfers (``bench/transfer_loopback.py``) with the controller and without it (``alternating``),
 at the default datagram size and at 1,400 bytes (target: at least 0.9 times as fast), and
 at 10% loss (intact).
 """

@@ -11,7 +11,8 @@ with the default datagram size for loopback, with 1,400-byte datagrams, and with
 DATA datagrams dropped before ``sendto``. The server's part (issuing the transfer id and
 key, telling each side the other's address) is played by the parent over pipes. Each case
 runs with every datagram authenticated (a per-transfer key, as the client always does) and
-without (no key: the cost of the MACs is the ratio of the two, from the same run).
+without (no key: the cost of the MACs is the ratio of the two, from the same run, the two
+run in turns by ``alternating``).
 
 What the client does at the edges is the client's own code, not a copy: datagrams go
 through ``shell.datagrams.DatagramPort`` (batched by the kernel: UDP GSO/GRO;
