@@ -131,6 +131,9 @@ class Node:
         self.selector: selectors.BaseSelector | None = None
         self.commands: RedisLink | None = None  # XADD, heartbeat, lease, sweep
         self.reader: RedisLink | None = None  # XREAD BLOCK only: a blocked read holds up its connection
+        # The commands link's Redis was seen to hold the cluster's data (META) since it last
+        # connected: until then nothing is written, so a Redis restarted empty gets nothing.
+        self._checked = False
         self._seq = 0  # numbers this node's entries: a retried XADD is applied once
         self._unconfirmed: deque[bytes] = deque()  # entries whose XADD is not answered yet, in order
         self._last_seq: dict[int, int] = {}  # per origin node: the last entry applied
@@ -175,7 +178,7 @@ class Node:
         assert self.commands is not None and self.reader is not None
         self.commands.poll(now)
         self.reader.poll(now)
-        if now >= self._next_tick and self.commands.ready:
+        if now >= self._next_tick and self._writable:
             self._next_tick = now + TICK
             self._heartbeat(now)
         while self._resumes and self._resumes[0][0] <= now:
@@ -192,7 +195,7 @@ class Node:
     def flush(self) -> None:
         """After the server wrote this turn's effects: publish the writer's mark, send requests."""
         assert self.commands is not None and self.reader is not None
-        if self.share.mark_due and self.commands.ready:
+        if self.share.mark_due and self._writable:
             self.share.mark_due = False
             self._submit(WRITTEN, 0, b"%d-%d" % self.share.written)
         self.commands.flush()
@@ -221,7 +224,7 @@ class Node:
         self._seq += 1
         entry = b"%s %d %d %d %s" % (kind, self.id, self._seq, target, rest)
         self._unconfirmed.append(entry)
-        if self.commands is not None and self.commands.ready:
+        if self._writable:
             self._xadd(entry)
 
     def _xadd(self, entry: bytes) -> None:
@@ -275,12 +278,16 @@ class Node:
 
     # --- Redis links ---------------------------------------------------------------------
 
+    @property
+    def _writable(self) -> bool:
+        return self.commands is not None and self.commands.ready and self._checked
+
     def _commands_ready(self) -> None:
         assert self.commands is not None
+        # Writes wait for the answer: pipelined behind the check, they would land in an empty
+        # Redis before the node learnt it was empty.
+        self._checked = False
         self.commands.send("EXISTS", META, callback=self._meta_checked)
-        for entry in self._unconfirmed:  # those that landed before the link broke are skipped when read
-            self._xadd(entry)
-        self._next_tick = 0.0
         self._became_ready()
 
     def _meta_checked(self, reply: Any) -> None:
@@ -288,6 +295,14 @@ class Node:
             self._data_lost = True  # and this node must write nothing into the next cluster's
             raise SystemExit(f"Redis at {self.address} lost the cluster's data (restarted without its AOF?); "
                              "this node stops")
+        if isinstance(reply, ReplyError):
+            assert self.commands is not None
+            self.commands.reset()  # ask again on a new connection
+            return
+        self._checked = True
+        for entry in self._unconfirmed:  # those that landed before the link broke are skipped when read
+            self._xadd(entry)
+        self._next_tick = 0.0
 
     def _link_down(self) -> None:
         self._ready_since = None

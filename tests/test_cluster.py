@@ -242,13 +242,26 @@ def test_without_hiredis_the_node_says_how_to_get_it(tmp_path: Path) -> None:
         "The cluster mode (--redis) needs hiredis: pip install '.[cluster]' (or pip install hiredis)"]
 
 
+def refused(client: WireClient) -> bool:
+    """True if the node refuses a request because Redis is away."""
+    client.send(ActiveUser())
+    try:
+        return client.recv(timeout=1.0) == Error("command", UNAVAILABLE)
+    except AssertionError:  # asked before the node noticed: the request waits for Redis
+        return False
+
+
 def test_redis_back_without_its_data_stops_the_nodes_in_one_line(tmp_path: Path) -> None:
     require_redis()
     redis = RedisServer(tmp_path / "redis")
     cluster = Cluster(redis, tmp_path, 2)
     try:
-        login(cluster, "Yoda", 0)
+        yoda = login(cluster, "Yoda", 0)
         redis.stop()
+        wait_for(lambda: refused(yoda), what="the node to notice Redis is away")
+        # A connection made meanwhile is an entry waiting for Redis (the node answers it, so
+        # it took it): it must not land in the empty Redis before the node finds it empty.
+        assert refused(cluster.connect(0))
         for leftover in (tmp_path / "redis").iterdir():  # as if it ran without its AOF
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         redis.start()
