@@ -69,7 +69,7 @@ hash-password:
 bench:
 	@$(MAKE) --no-print-directory system-tools SYSTEM_TOOLS=redis-server:redis-server
 	$(PYTHON) -m bench $(if $(QUICK),--quick,)
-	$(PYTHON) bench/transfer_loopback.py $(if $(QUICK),--quick,) --repeat 5
+	$(PYTHON) bench/transfer_loopback.py $(if $(QUICK),--quick,) --repeat 9
 	$(PYTHON) -m bench.shaped_link $(if $(QUICK),--quick,)
 
 clean:
