@@ -36,7 +36,7 @@ from core.congestion import Controller, SendState
 from core.transfer_common import (
     ACK_DELAY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_WINDOW, ETHERNET_DATAGRAM_SIZE, GIVE_UP, INITIAL_RTO,
     LOOPBACK_DATAGRAM_SIZE, MAX_RTO, MAX_WINDOW_CHUNKS, MIN_DATAGRAM_SIZE, MIN_RTO, _ACK, _CLOCK_GRANULARITY,
-    _DATA, _HEADER, _MAGIC, _MAX_CHUNKS, Completed, Data, Failed, Progress, ReceiverEvent, SenderEvent, State,
+    _DATA, _MAGIC, _MAX_CHUNKS, Completed, Data, Failed, Progress, ReceiverEvent, SenderEvent, State,
     _Endpoint, datagram_size_for, footprint,
 )
 from core.transfer_digest import EMPTY_PREFIX, hash_list
@@ -109,6 +109,7 @@ class Sender(_Endpoint[SenderEvent]):
         self._min_rto = min_rto
         self._max_rto = max_rto
         self._chunk = 0  # payload bytes per DATA datagram, fixed by the HELLO
+        self._datagram = 1  # bytes of a whole DATA, tag included: the windows' unit (1 until the HELLO)
         self._window = 0  # chunks allowed between the first unacknowledged and the next new one
         self._hash: Any = None  # the file's digest being computed (core.transfer_digest)
         self._fed = 0
@@ -157,11 +158,11 @@ class Sender(_Endpoint[SenderEvent]):
     @property
     def held_bytes(self) -> int:
         """Bytes of DATA datagrams kept for resending (at most ``max_in_flight``)."""
-        return len(self._store) * (self._chunk + _HEADER + self._tag)
+        return len(self._store) * self._datagram
 
     def payload_within(self, held: int) -> int:
         """File bytes whose DATA datagrams take at most ``held`` bytes."""
-        return max(0, held) // (self._chunk + _HEADER + self._tag) * self._chunk
+        return max(0, held) // self._datagram * self._chunk
 
     def feed(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Take the next ``len(data) <= want_data()`` bytes of the file and queue them as DATA.
@@ -220,7 +221,7 @@ class Sender(_Endpoint[SenderEvent]):
             self._batch_first.append(first)
             self._batch_time.append(now)
             if self.controller is not None:
-                size = (index - first) * (chunk + _HEADER)
+                size = (index - first) * self._datagram
                 inflight = self._inflight() - size
                 self._batch_state.append(self.controller.on_send(size, inflight, now, app_limited=at_end))
             self._arm(now)
@@ -283,7 +284,7 @@ class Sender(_Endpoint[SenderEvent]):
         controller = self.controller
         if controller is None or self._fed == self.size or self.state is not State.RUNNING:
             return None
-        if self._una + self._window <= self._next or self._inflight() + self._chunk + _HEADER > controller.cwnd:
+        if self._una + self._window <= self._next or self._inflight() + self._datagram > controller.cwnd:
             return None
         return controller.next_send_time()
 
@@ -322,6 +323,7 @@ class Sender(_Endpoint[SenderEvent]):
             self._fail(f"the receiver accepts only {max_datagram}-byte datagrams", now, tell_peer=True)
             return
         self._chunk = datagram_size - wire.DATA_HEADER_SIZE - self._tag  # the tag is inside the size
+        self._datagram = datagram_size
         if -(-self.size // self._chunk) > _MAX_CHUNKS:
             self._fail("the file is too large for this datagram size", now, tell_peer=True)
             return
@@ -415,17 +417,17 @@ class Sender(_Endpoint[SenderEvent]):
             outstanding = una < self._next or bool(self._fin)
             self._rto_deadline = now + self._current_rto() if outstanding else None
         if self.controller is not None and progressed:
-            delivered = (cumulative + self._sacked.bit_count() - known_before) * (self._chunk + _HEADER)
+            delivered = (cumulative + self._sacked.bit_count() - known_before) * self._datagram
             self.controller.on_ack(now, delivered, sample, rtt, self._inflight())
         self._detect_losses(now)
 
     def _inflight(self) -> int:
         """Bytes sent and not yet acknowledged (lost ones are resent at once, so they count)."""
-        return (self._next - self._una - self._sacked.bit_count()) * (self._chunk + _HEADER)
+        return (self._next - self._una - self._sacked.bit_count()) * self._datagram
 
     def _paced_room(self, controller: Controller) -> int:
         """How many more datagrams the controller lets go now: its window and its pacer."""
-        return min(controller.allowance(), controller.cwnd - self._inflight()) // (self._chunk + _HEADER)
+        return min(controller.allowance(), controller.cwnd - self._inflight()) // self._datagram
 
     def _delivered(self, index: int, now: float) -> None:
         """Let RACK know chunk ``index`` has just been acknowledged."""

@@ -172,3 +172,14 @@ def test_a_hostile_window_cannot_pin_more_than_the_bound() -> None:
     held = sum(len(d) for d in sender._store.values())
     assert bound - 65_507 < held <= bound  # the bound is what limits
     assert sender.state is State.RUNNING
+
+
+def test_the_controller_counts_whole_datagrams_tag_included() -> None:
+    """The controller's window and pacer are in bytes on the wire: a keyed DATA's tag counts."""
+    sender = Sender(TID, 200_000, 0.0, datagram_size=1_000, key=KEY)
+    sender.receive(wire.Mac(KEY).seal(wire.encode_hello(TID, 1 << 20, 1_000)), 0.0)
+    sender.feed(bytes(sender.want_data()), 0.0)
+    sent = [d for d in sender.datagrams_to_send() if d[1] == Kind.DATA]
+    assert sent and all(len(d) == 1_000 for d in sent)
+    assert sender._inflight() == sum(map(len, sent))
+    assert sender.controller is not None and sender._inflight() <= sender.controller.cwnd
