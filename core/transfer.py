@@ -105,11 +105,10 @@ class Sender(_Endpoint[SenderEvent]):
         self._prefix_digest = b""  # the receiver's SHA-256 of those bytes
         self._prefix = hashlib.sha256()  # of the bytes skipped, to compare with the receiver's
         self._max_in_flight = max_in_flight
-        self._datagram_size = datagram_size
+        self._datagram_size = datagram_size  # a whole DATA, tag included (the HELLO may lower it): the windows' unit
         self._min_rto = min_rto
         self._max_rto = max_rto
         self._chunk = 0  # payload bytes per DATA datagram, fixed by the HELLO
-        self._datagram = 1  # bytes of a whole DATA, tag included: the windows' unit (1 until the HELLO)
         self._window = 0  # chunks allowed between the first unacknowledged and the next new one
         self._hash: Any = None  # the file's digest being computed (core.transfer_digest)
         self._fed = 0
@@ -158,11 +157,11 @@ class Sender(_Endpoint[SenderEvent]):
     @property
     def held_bytes(self) -> int:
         """Bytes of DATA datagrams kept for resending (at most ``max_in_flight``)."""
-        return len(self._store) * self._datagram
+        return len(self._store) * self._datagram_size
 
     def payload_within(self, held: int) -> int:
         """File bytes whose DATA datagrams take at most ``held`` bytes."""
-        return max(0, held) // self._datagram * self._chunk
+        return max(0, held) // self._datagram_size * self._chunk
 
     def feed(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Take the next ``len(data) <= want_data()`` bytes of the file and queue them as DATA.
@@ -221,7 +220,7 @@ class Sender(_Endpoint[SenderEvent]):
             self._batch_first.append(first)
             self._batch_time.append(now)
             if self.controller is not None:
-                size = (index - first) * self._datagram
+                size = (index - first) * self._datagram_size
                 inflight = self._inflight() - size
                 self._batch_state.append(self.controller.on_send(size, inflight, now, app_limited=at_end))
             self._arm(now)
@@ -284,7 +283,7 @@ class Sender(_Endpoint[SenderEvent]):
         controller = self.controller
         if controller is None or self._fed == self.size or self.state is not State.RUNNING:
             return None
-        if self._una + self._window <= self._next or self._inflight() + self._datagram > controller.cwnd:
+        if self._una + self._window <= self._next or self._inflight() + self._datagram_size > controller.cwnd:
             return None
         return controller.next_send_time()
 
@@ -323,7 +322,7 @@ class Sender(_Endpoint[SenderEvent]):
             self._fail(f"the receiver accepts only {max_datagram}-byte datagrams", now, tell_peer=True)
             return
         self._chunk = datagram_size - wire.DATA_HEADER_SIZE - self._tag  # the tag is inside the size
-        self._datagram = datagram_size
+        self._datagram_size = datagram_size
         if -(-self.size // self._chunk) > _MAX_CHUNKS:
             self._fail("the file is too large for this datagram size", now, tell_peer=True)
             return
@@ -417,17 +416,17 @@ class Sender(_Endpoint[SenderEvent]):
             outstanding = una < self._next or bool(self._fin)
             self._rto_deadline = now + self._current_rto() if outstanding else None
         if self.controller is not None and progressed:
-            delivered = (cumulative + self._sacked.bit_count() - known_before) * self._datagram
+            delivered = (cumulative + self._sacked.bit_count() - known_before) * self._datagram_size
             self.controller.on_ack(now, delivered, sample, rtt, self._inflight())
         self._detect_losses(now)
 
     def _inflight(self) -> int:
         """Bytes sent and not yet acknowledged (lost ones are resent at once, so they count)."""
-        return (self._next - self._una - self._sacked.bit_count()) * self._datagram
+        return (self._next - self._una - self._sacked.bit_count()) * self._datagram_size
 
     def _paced_room(self, controller: Controller) -> int:
         """How many more datagrams the controller lets go now: its window and its pacer."""
-        return min(controller.allowance(), controller.cwnd - self._inflight()) // self._datagram
+        return min(controller.allowance(), controller.cwnd - self._inflight()) // self._datagram_size
 
     def _delivered(self, index: int, now: float) -> None:
         """Let RACK know chunk ``index`` has just been acknowledged."""
