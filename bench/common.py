@@ -128,6 +128,19 @@ def machine_busy_seconds() -> float:
     return (sum(values) - values[3] - values[4]) / CLOCK_TICKS  # all but idle and iowait
 
 
+def stolen_ticks() -> tuple[int, int]:
+    """(stolen, all) CPU ticks so far, summed over CPUs (/proc/stat): stolen ones are those in
+    which a virtual machine's host ran something else while this machine had work to run."""
+    with open("/proc/stat", encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return values[7], sum(values)
+
+
+def stolen_share(start: tuple[int, int], end: tuple[int, int]) -> float:
+    """The share of the CPUs' time the host took between two ``stolen_ticks()``."""
+    return (end[0] - start[0]) / max(1, end[1] - start[1])
+
+
 # A process that was busy (running or waiting to run) this share of a window is saturated;
 # one idle this share of it had time to spare.
 SATURATED = 0.9

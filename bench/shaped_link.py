@@ -10,7 +10,11 @@ loop, ``shell.datagrams.DatagramPort``), each peer a process inside its namespac
 of the datagrams arriving in the receiving namespace dropped
 (``iptables -m statistic --mode random --probability 0.01 -j DROP``). Reported per case:
 goodput (file bytes over the transfer's time) as a share of the link, DATA datagrams offered
-over those needed, and the TCP flow's share while the transfer ran. Needs root, ``ip``,
+over those needed, and the TCP flow's share while the transfer ran. Beside each shared case, its
+anchor: a second TCP flow of the same kind joins the long-running one in the transfer's place
+for as many seconds, and both flows' shares are reported -- how evenly TCP itself shares
+this link in that time (on this zero-delay link with a 50 ms queue, often far from evenly).
+Needs root, ``ip``,
 ``tc`` and (for the loss case) ``iptables``; says which is missing and stops otherwise.
 Everything it creates carries the process id in its name and is removed at the end.
 
@@ -35,11 +39,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import stolen_share, stolen_ticks
 from bench.transfer_loopback import (SOCKET_BUFFER, Transfer, TransferLoop, alternating, transfer_once,
                                      write_random_file)
 from core.transfer import ETHERNET_DATAGRAM_SIZE, LOOPBACK_DATAGRAM_SIZE, Completed, Receiver, Sender
@@ -169,10 +174,10 @@ def serve_receiver(directory: str, size: int) -> None:
                       "seconds": finished.finished_at - started}), flush=True)
 
 
-def serve_tcp_sink() -> None:
-    """Accept one connection and count its bytes; each line on stdin asks for the counts so
-    far, as [time, bytes] every 50 ms."""
-    listener = socket.create_server((RECEIVER_IP, TCP_PORT))
+def serve_tcp_sink(port: int) -> None:
+    """Accept one connection on ``port`` and count its bytes; each line on stdin asks for
+    the counts so far, as [time, bytes] every 50 ms."""
+    listener = socket.create_server((RECEIVER_IP, port))
     print(json.dumps("listening"), flush=True)
     connection, _ = listener.accept()
     connection.setblocking(False)
@@ -196,11 +201,11 @@ def serve_tcp_sink() -> None:
             counts.append((time.monotonic(), received))
 
 
-def serve_tcp_source(algorithm: str) -> None:
-    """Send as fast as TCP with congestion control ``algorithm`` lets, until stdin closes."""
+def serve_tcp_source(algorithm: str, port: int) -> None:
+    """Send to ``port`` as fast as TCP with congestion control ``algorithm`` lets, until killed."""
     connection = socket.socket()
     connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, algorithm.encode())
-    connection.connect((RECEIVER_IP, TCP_PORT))
+    connection.connect((RECEIVER_IP, port))
     block = bytes(1 << 16)
     print(json.dumps("sending"), flush=True)
     with contextlib.suppress(OSError):
@@ -232,18 +237,16 @@ def transfer(namespaces: tuple[str, str], source: Path, work: Path, congestion_c
             "controller_at_end": sent["controller"]}
 
 
-def tcp_alone(namespaces: tuple[str, str], seconds: float, algorithm: str) -> float:
-    """TCP's goodput on the link by itself, bytes/s: the anchor of the shared case."""
-    sink, source = _peer(namespaces[1], "tcp-sink"), None
+@contextlib.contextmanager
+def tcp_flow(namespaces: tuple[str, str], algorithm: str, port: int = TCP_PORT) -> Iterator[subprocess.Popen[str]]:
+    """A TCP flow across the link for as long as the block runs; yields its sink, which
+    answers "count" with [time, bytes received] every 50 ms."""
+    sink, source = _peer(namespaces[1], "tcp-sink", str(port)), None
     try:
         _ask(sink)
-        source = _peer(namespaces[0], "tcp-source", algorithm)
+        source = _peer(namespaces[0], "tcp-source", algorithm, str(port))
         _ask(source)
-        time.sleep(1.0)  # past slow start
-        t0, b0 = _ask(sink, "count")[-1]
-        time.sleep(seconds)
-        t1, b1 = _ask(sink, "count")[-1]
-        return (b1 - b0) / (t1 - t0)
+        yield sink
     finally:
         for process in (source, sink):
             if process is not None:
@@ -251,28 +254,44 @@ def tcp_alone(namespaces: tuple[str, str], seconds: float, algorithm: str) -> fl
                 process.wait()
 
 
-def shared_with_tcp(namespaces: tuple[str, str], source: Path, work: Path, congestion_control: bool,
-                    algorithm: str) -> dict[str, Any]:
-    sink, tcp = _peer(namespaces[1], "tcp-sink"), None
-    try:
-        _ask(sink)
-        tcp = _peer(namespaces[0], "tcp-source", algorithm)
-        _ask(tcp)
-        time.sleep(2.0)  # the TCP flow is long-running: it holds the link before the file starts
-        result = transfer(namespaces, source, work, congestion_control)
-        counts = _ask(sink, "count")
-    finally:
-        for process in (tcp, sink):
-            if process is not None:
-                process.kill()
-                process.wait()
-    # TCP's bytes while the file was under way (the clock is the same in every namespace)
-    start, end = result["started"], result["started"] + result["seconds"]
+def rate_between(counts: list[tuple[float, int]], start: float, end: float) -> float:
+    """Bytes per second a sink's counts show between ``start`` and ``end``."""
     during = [(t, b) for t, b in counts if start <= t <= end]
     (t0, b0), (t1, b1) = during[0], during[-1]
-    result["tcp_rate"] = (b1 - b0) / (t1 - t0)
-    result["tcp_per_second"] = [round((b - b0) / 1e6, 2) for t, b in during[::20]]
+    return (b1 - b0) / (t1 - t0)
+
+
+def tcp_alone(namespaces: tuple[str, str], seconds: float, algorithm: str) -> float:
+    """TCP's goodput on the link by itself, bytes/s: the anchor of the shared case."""
+    with tcp_flow(namespaces, algorithm) as sink:
+        time.sleep(1.0)  # past slow start
+        start = time.monotonic()
+        time.sleep(seconds)
+        return rate_between(_ask(sink, "count"), start, time.monotonic())
+
+
+def beside_tcp(namespaces: tuple[str, str], algorithm: str, joining: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``joining()`` runs on the link while a long-running TCP flow holds it (started 2 s
+    before); its result, with the TCP flow's rate over the same seconds (``tcp_rate``)."""
+    with tcp_flow(namespaces, algorithm) as sink:
+        time.sleep(2.0)
+        result = joining()
+        counts = _ask(sink, "count")
+    start, end = result["started"], result["started"] + result["seconds"]
+    result["tcp_rate"] = rate_between(counts, start, end)
+    during = [(t, b) for t, b in counts if start <= t <= end]
+    result["tcp_per_second"] = [round((b - during[0][1]) / 1e6, 2) for t, b in during[::20]]
     return result
+
+
+def second_tcp_flow(namespaces: tuple[str, str], algorithm: str, seconds: float) -> dict[str, Any]:
+    """A second TCP flow of the same kind in the transfer's place, for as long as it took:
+    what TCP itself gets when it joins the long-running flow (the shared cases' anchor)."""
+    with tcp_flow(namespaces, algorithm, TCP_PORT + 1) as sink:
+        started = time.monotonic()
+        time.sleep(seconds)
+        return {"started": started, "seconds": seconds, "rate": rate_between(_ask(sink, "count"), started,
+                                                                            started + seconds)}
 
 
 def run(quick: bool, congestion_control: bool, only: str = "") -> list[dict[str, Any]]:
@@ -297,24 +316,31 @@ def run(quick: bool, congestion_control: bool, only: str = "") -> list[dict[str,
             if not source.exists():
                 write_random_file(source, int(mib * scale * 2**20))
             link = mbit * 1e6 / 8
+            ticks = stolen_ticks()
             with shaped_link(f"{mbit}mbit", loss=loss) as namespaces:
                 if algorithm:
                     alone = tcp_alone(namespaces, 3.0 * scale + 1, algorithm)
-                    result = shared_with_tcp(namespaces, source, work / "out", congestion_control, algorithm)
-                    result.update(tcp_alone=alone / link, tcp_share=result["tcp_rate"] / link)
+                    result = beside_tcp(namespaces, algorithm,
+                                        lambda: transfer(namespaces, source, work / "out", congestion_control))
+                    anchor = beside_tcp(namespaces, algorithm,
+                                        lambda: second_tcp_flow(namespaces, algorithm, result["seconds"]))
+                    result.update(tcp_alone=alone / link, tcp_share=result["tcp_rate"] / link,
+                                  anchor_joining=anchor["rate"] / link, anchor_long=anchor["tcp_rate"] / link)
                 else:
                     result = transfer(namespaces, source, work / "out", congestion_control)
-            result.update(case=name, link_Bps=link, goodput=result["bytes"] / result["seconds"] / link)
+            result.update(case=name, link_Bps=link, goodput=result["bytes"] / result["seconds"] / link,
+                          stolen=stolen_share(ticks, stolen_ticks()))
             (work / "out" / "received").unlink(missing_ok=True)
             results.append(result)
     return results
 
 
-def loopback(quick: bool, repeat: int = 5) -> list[dict[str, Any]]:
+def loopback(quick: bool, repeat: int = 9) -> list[dict[str, Any]]:
     """What the controller costs where the CPU is the bottleneck: loopback transfers with it
     and without it, ``repeat`` times each in balanced order after a warm-up of each
-    (``alternating``); the median of each, and the range of the ratios of each pair (with
-    other work on the machine, single runs vary by +-30%)."""
+    (``alternating``); the median of each, and the range of the ratios of each pair. Nine
+    pairs, as for the MAC's cost (``make bench``): single loopback runs are bimodal
+    (BENCHMARKS.md), and with five pairs the median ratio moved by 0.85-1.15 between runs."""
     results = []
     with tempfile.TemporaryDirectory() as sending, tempfile.TemporaryDirectory() as receiving:
         source = Path(sending) / "file.bin"
@@ -345,6 +371,16 @@ def report_loopback(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# Above this share of the CPUs taken by a virtual machine's host (steal time) while a case
+# ran, its figures say as much about the host as about the transfer: a peer that waits for a
+# CPU falls behind the link.
+STEAL_WARNING = 0.05
+
+
+def disturbed(stolen: float) -> str:
+    return f"; the host took {stolen:.0%} of the CPUs: disturbed" if stolen >= STEAL_WARNING else ""
+
+
 def report(results: list[dict[str, Any]], congestion_control: bool) -> str:
     lines = [f"shaped link (tbf burst 32kbit latency 50ms on the sender's veth), 1,472-byte datagrams, "
              f"congestion control {'on' if congestion_control else 'OFF'}",
@@ -358,7 +394,11 @@ def report(results: list[dict[str, Any]], congestion_control: bool) -> str:
         met = r["goodput"] >= target and (r["offered"] <= 1.1 or target != 0.9)
         met = met and r.get("tcp_share", 1.0) >= 0.4
         lines.append(f"{r['case']:<22} {r['goodput']:>8.0%} {target:>7.0%} {r['offered']:>15.2f} {tcp:>10}  "
-                     f"{'intact' if r['completed'] else 'FAILED'} {'met' if met else 'MISSED'} ({r['seconds']:.1f} s)")
+                     f"{'intact' if r['completed'] else 'FAILED'} {'met' if met else 'MISSED'} ({r['seconds']:.1f} s)"
+                     f"{disturbed(r.get('stolen', 0.0))}")
+        if "anchor_joining" in r:
+            lines.append(f"{'':<4}anchor: a second TCP flow in the file's place for as long got "
+                         f"{r['anchor_joining']:.0%}, the long-running one {r['anchor_long']:.0%}")
     return "\n".join(lines)
 
 
@@ -368,9 +408,9 @@ def main(argv: list[str]) -> int:
     elif argv[:1] == ["receiver"]:
         serve_receiver(argv[1], int(argv[2]))
     elif argv[:1] == ["tcp-sink"]:
-        serve_tcp_sink()
+        serve_tcp_sink(int(argv[1]))
     elif argv[:1] == ["tcp-source"]:
-        serve_tcp_source(argv[1])
+        serve_tcp_source(argv[1], int(argv[2]))
     else:
         parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         parser.add_argument("--quick", action="store_true", help="a quarter of the sizes")

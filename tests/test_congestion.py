@@ -250,3 +250,34 @@ def test_a_real_shaped_link_is_used_without_flooding_it(tmp_path: Path) -> None:
     assert (out / "received").read_bytes() == source.read_bytes()
     assert result["offered"] <= 1.2  # the window alone offered 23 times what was needed here
     assert result["bytes"] / result["seconds"] >= 0.5 * 10e6 / 8
+
+
+def test_the_shared_cases_anchor_measures_two_tcp_flows_side_by_side() -> None:
+    """bench/shaped_link.py's anchor: a second TCP flow joins a long-running one on the shaped
+    link; both rates are measured over the same seconds and together fill the link."""
+    why = shaped.missing_tools()
+    if why:
+        pytest.skip(f"a shaped link between namespaces {why}")
+    link = 10e6 / 8
+    with shaped.shaped_link("10mbit", tag="a") as namespaces:
+        anchor = shaped.beside_tcp(namespaces, "cubic", lambda: shaped.second_tcp_flow(namespaces, "cubic", 2.0))
+    assert anchor["seconds"] == 2.0
+    assert anchor["rate"] > 0 and anchor["tcp_rate"] > 0
+    assert 0.8 * link <= anchor["rate"] + anchor["tcp_rate"] <= 1.05 * link
+
+
+def test_the_report_puts_each_shared_case_beside_its_anchor() -> None:
+    shared = {"case": "50 Mbit/s + TCP cubic", "goodput": 0.45, "offered": 1.0, "completed": True, "seconds": 20.0,
+              "tcp_share": 0.46, "tcp_alone": 0.95, "anchor_joining": 0.04, "anchor_long": 0.90}
+    lines = shaped.report([shared], congestion_control=True).splitlines()
+    assert "46% (alone 95%)" in lines[2] and "met" in lines[2]
+    assert lines[3].split() == ["anchor:", "a", "second", "TCP", "flow", "in", "the", "file's", "place", "for", "as",
+                                "long", "got", "4%,", "the", "long-running", "one", "90%"]
+
+
+def test_the_report_marks_a_case_the_hosts_steal_time_disturbed() -> None:
+    case = {"case": "50 Mbit/s", "goodput": 0.83, "offered": 1.0, "completed": True, "seconds": 6.0}
+    quiet, taken = ({**case, "stolen": stolen} for stolen in (0.01, 0.15))
+    lines = shaped.report([quiet, taken], congestion_control=True).splitlines()
+    assert "disturbed" not in lines[2]
+    assert lines[3].endswith("; the host took 15% of the CPUs: disturbed")
