@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from core.client_session import Address, Datagrams, Effect, Print, Status, Upload
 from core.messages import TransferOffer, TransferReady, TransferTarget
@@ -248,9 +248,14 @@ def test_an_empty_file() -> None:
 
 @settings(deadline=None, max_examples=25)
 @given(size=st.integers(0, 30_000), seed=st.integers(0, 2**32), loss=st.sampled_from([0.0, 0.1, 0.3]))
+@example(size=23227, seed=155624, loss=0.3)  # 10 s of resends, every answer lost (below)
 def test_lost_duplicated_reordered_datagrams_still_give_the_same_file(size: int, seed: int, loss: float) -> None:
     net = Net(seed=seed, loss=loss, duplicate=0.1, reorder=True)
-    yoda, luke = net.add(YODA), net.add(LUKE)
+    # A minute to give up, not 10 s: at 30% loss each resend and its answer get through
+    # together about half the time, and 10 s of resends at most 1 s apart all fail about once
+    # in 10,000 transfers (hypothesis found one: size=23227, seed=155624). That is the
+    # give-up timer doing its job, tested elsewhere; here only the bytes are on trial.
+    yoda, luke = net.add(YODA, give_up=60.0), net.add(LUKE, give_up=60.0)
     data = random.Random(seed).randbytes(size)
     send(net, yoda, [luke], "clip", data)
     net.run(lambda: len(yoda.lines) == 2 and len(luke.lines) == 2, limit=600)
