@@ -253,7 +253,7 @@ def test_lost_duplicated_reordered_datagrams_still_give_the_same_file(size: int,
     net = Net(seed=seed, loss=loss, duplicate=0.1, reorder=True)
     # A minute to give up, not 10 s: at 30% loss each resend and its answer get through
     # together about half the time, and 10 s of resends at most 1 s apart all fail about once
-    # in 10,000 transfers (hypothesis found one: size=23227, seed=155624). That is the
+    # in 20,000 transfers (hypothesis found one: size=23227, seed=155624). That is the
     # give-up timer doing its job, tested elsewhere; here only the bytes are on trial.
     yoda, luke = net.add(YODA, give_up=60.0), net.add(LUKE, give_up=60.0)
     data = random.Random(seed).randbytes(size)
