@@ -254,10 +254,14 @@ def tcp_flow(namespaces: tuple[str, str], algorithm: str, port: int = TCP_PORT) 
                 process.wait()
 
 
-def rate_between(counts: list[tuple[float, int]], start: float, end: float) -> float:
-    """Bytes per second a sink's counts show between ``start`` and ``end``."""
-    during = [(t, b) for t, b in counts if start <= t <= end]
-    (t0, b0), (t1, b1) = during[0], during[-1]
+def counts_between(counts: list[tuple[float, int]], start: float, end: float) -> list[tuple[float, int]]:
+    """A sink's counts from ``start`` to ``end`` (the clock is the same in every namespace)."""
+    return [(t, b) for t, b in counts if start <= t <= end]
+
+
+def rate_of(counts: list[tuple[float, int]]) -> float:
+    """Bytes per second from the first of a sink's counts to the last."""
+    (t0, b0), (t1, b1) = counts[0], counts[-1]
     return (b1 - b0) / (t1 - t0)
 
 
@@ -267,7 +271,7 @@ def tcp_alone(namespaces: tuple[str, str], seconds: float, algorithm: str) -> fl
         time.sleep(1.0)  # past slow start
         start = time.monotonic()
         time.sleep(seconds)
-        return rate_between(_ask(sink, "count"), start, time.monotonic())
+        return rate_of(counts_between(_ask(sink, "count"), start, time.monotonic()))
 
 
 def beside_tcp(namespaces: tuple[str, str], algorithm: str, joining: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -278,8 +282,8 @@ def beside_tcp(namespaces: tuple[str, str], algorithm: str, joining: Callable[[]
         result = joining()
         counts = _ask(sink, "count")
     start, end = result["started"], result["started"] + result["seconds"]
-    result["tcp_rate"] = rate_between(counts, start, end)
-    during = [(t, b) for t, b in counts if start <= t <= end]
+    during = counts_between(counts, start, end)
+    result["tcp_rate"] = rate_of(during)
     result["tcp_per_second"] = [round((b - during[0][1]) / 1e6, 2) for t, b in during[::20]]
     return result
 
@@ -290,8 +294,8 @@ def second_tcp_flow(namespaces: tuple[str, str], algorithm: str, seconds: float)
     with tcp_flow(namespaces, algorithm, TCP_PORT + 1) as sink:
         started = time.monotonic()
         time.sleep(seconds)
-        return {"started": started, "seconds": seconds, "rate": rate_between(_ask(sink, "count"), started,
-                                                                            started + seconds)}
+        during = counts_between(_ask(sink, "count"), started, started + seconds)
+        return {"started": started, "seconds": seconds, "rate": rate_of(during)}
 
 
 def run(quick: bool, congestion_control: bool, only: str = "") -> list[dict[str, Any]]:
@@ -351,12 +355,11 @@ def loopback(quick: bool, repeat: int = 9) -> list[dict[str, Any]]:
             on_runs, off_runs = alternating(
                 lambda: transfer_once(source, Path(receiving), datagram, loss, congestion_control=True),
                 lambda: transfer_once(source, Path(receiving), datagram, loss, congestion_control=False), repeat)
-            runs = {True: on_runs, False: off_runs}
-            on, off = (sorted(runs[c], key=lambda r: r["MBps"])[repeat // 2] for c in (True, False))
-            pairs = sorted(a["MBps"] / b["MBps"] for a, b in zip(runs[True], runs[False]))
+            on, off = (sorted(runs, key=lambda r: r["MBps"])[repeat // 2] for runs in (on_runs, off_runs))
+            pairs = sorted(a["MBps"] / b["MBps"] for a, b in zip(on_runs, off_runs))
             results.append({"case": name, "on_MBps": on["MBps"], "off_MBps": off["MBps"],
                             "ratio": on["MBps"] / off["MBps"], "pair_ratios": pairs,
-                            "intact": all(r["intact"] and not r["leftovers"] for c in runs for r in runs[c])})
+                            "intact": all(r["intact"] and not r["leftovers"] for r in on_runs + off_runs)})
     return results
 
 

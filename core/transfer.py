@@ -39,7 +39,7 @@ from core.transfer_common import (
     _DATA, _MAGIC, _MAX_CHUNKS, Completed, Data, Failed, Progress, ReceiverEvent, SenderEvent, State,
     _Endpoint, datagram_size_for, footprint,
 )
-from core.transfer_digest import EMPTY_PREFIX, hash_list
+from core.transfer_digest import EMPTY_PREFIX, chunk_term, hash_list
 from core.transfer_receiver import Receiver
 from core.transfer_wire import Kind, peek_transfer_id
 
@@ -187,6 +187,7 @@ class Sender(_Endpoint[SenderEvent]):
         magic = _MAGIC
         tid = self.transfer_id
         keyed = self._keyed
+        term_of = chunk_term
         tag = self._tag
         add_digest = self._hash.update
         store = self._store
@@ -204,10 +205,7 @@ class Sender(_Endpoint[SenderEvent]):
         pieces += [view[offset : offset + chunk] for offset in range(start, end, chunk)]
         for piece in pieces:
             header = pack(magic, _DATA, tid, index, chunk)
-            term = keyed.copy()  # core.transfer_digest.chunk_term, without a call
-            term.update(header)
-            term.update(piece)
-            digest = term.digest()
+            digest = term_of(keyed, header, piece)
             add_digest(digest)
             datagram = b"".join((header, piece, digest[:tag]))  # the tag: the digest's head (wire.Mac)
             store[index] = datagram

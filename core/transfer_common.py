@@ -140,7 +140,7 @@ class _Endpoint(Generic[_Event]):
         self._tag = wire.TAG_SIZE if key is not None else 0
         self._key = key
         # A DATA's digest (its tag and its chunk's term in the file's digest) is this object's
-        # copy fed the datagram: core.transfer_digest.chunk_term, inlined on the hot paths.
+        # copy fed the datagram: core.transfer_digest.chunk_term.
         self._keyed = wire.keyed_sha256(key)
         self.state = State.SETUP
         self.closed = False

@@ -31,11 +31,12 @@ EMPTY_PREFIX = hashlib.sha256().digest()  # SHA-256 of the no bytes held before 
 _sha256 = hashlib.sha256
 
 
-def chunk_term(keyed: Any, transfer_id: bytes, index: int, chunk_size: int, chunk: bytes | memoryview) -> bytes:
-    """Chunk ``index``'s term: ``keyed`` (``keyed_sha256`` of the transfer's key) fed its
-    DATA datagram without the tag. The sender and receiver compute it inline."""
+def chunk_term(keyed: Any, header: bytes | memoryview, chunk: bytes | memoryview) -> bytes:
+    """A chunk's term: ``keyed`` (``keyed_sha256`` of the transfer's key) fed its DATA
+    datagram without the tag, ``header`` then ``chunk``. The sender, the receiver and the
+    check of a partial copy all compute it here."""
     term = keyed.copy()
-    term.update(DATA.pack(MAGIC, Kind.DATA, transfer_id, index, chunk_size))
+    term.update(header)
     term.update(chunk)
     digest: bytes = term.digest()
     return digest
@@ -125,4 +126,4 @@ class PrefixCheck:
     def _term(self, piece: bytearray) -> bytes:
         """The term of the chunk being gathered, ``piece``."""
         point = self._point
-        return chunk_term(self._keyed, point.transfer_id, self._index, point.chunk, piece)
+        return chunk_term(self._keyed, DATA.pack(MAGIC, Kind.DATA, point.transfer_id, self._index, point.chunk), piece)

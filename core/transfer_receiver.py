@@ -6,7 +6,7 @@ import hmac
 from typing import Any
 
 from core import transfer_wire as wire
-from core.transfer_digest import EMPTY_PREFIX, Checkpoint, hash_list
+from core.transfer_digest import EMPTY_PREFIX, Checkpoint, chunk_term, hash_list
 
 from .transfer_common import (
     ACK_DELAY, DEFAULT_WINDOW, GIVE_UP, HELLO_INTERVAL, MAX_RTO, MAX_WINDOW_CHUNKS, MIN_DATAGRAM_SIZE,
@@ -107,12 +107,11 @@ class Receiver(_Endpoint[ReceiverEvent]):
         """Handle one datagram from the sender; anything malformed, foreign or forged is ignored."""
         if datagram.startswith(self._data_prefix) and not self._over:
             # nearly every datagram: keep its path short. It is hashed once, for its tag and
-            # its chunk's term in the file's digest (core.transfer_digest.chunk_term, without
-            # a call); unkeyed, the tag and its digest's head are both empty.
+            # its chunk's term in the file's digest; unkeyed, the tag and its digest's head
+            # are both empty.
             end = len(datagram) - self._tag
-            term = self._keyed.copy()
-            term.update(memoryview(datagram)[:end])
-            digest = term.digest()
+            view = memoryview(datagram)
+            digest = chunk_term(self._keyed, view[:_HEADER], view[_HEADER:end])
             if _compare_digest(digest[: self._tag], datagram[end:]):
                 self._on_data(datagram, digest, now)
             return
