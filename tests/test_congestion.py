@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from bench import shaped_link as shaped
 from bench.transfer_loopback import write_random_file
-from core.congestion import (CWND_GAIN, LOSS_BACKOFF, MIN_RTT_LIFETIME, MIN_RTT_WINDOW, PACING_BURST, SEND_QUANTUM,
+from core.congestion import (CWND_GAIN, FIRST_PROBE_RTT_AFTER, LOSS_BACKOFF, MIN_RTT_LIFETIME, MIN_RTT_WINDOW, PACING_BURST, SEND_QUANTUM,
                              Controller, Mode)
 from core.transfer import ETHERNET_DATAGRAM_SIZE, Completed
 from core.transfer_wire import DATA_HEADER_SIZE
@@ -140,10 +141,11 @@ def test_the_pacer_lets_a_quantum_go_at_once(rate: float) -> None:
     assert quantum <= controller.allowance() <= quantum + rate * 2e-6
 
 
-def feed_acks(controller: Controller, rate: float, rtt: float, start: float, seconds: float,
-              *, lose_every: int = 0, modes: set[Mode] | None = None, lump: float = 0.0) -> float:
+def feed_acks(controller: Controller, rate: float, rtt: float | Callable[[Controller], float], start: float,
+              seconds: float, *, lose_every: int = 0, modes: set[Mode] | None = None, lump: float = 0.0) -> float:
     """Drive the model as a path of ``rate`` bytes/s and ``rtt`` would: one 1,000-byte
-    datagram per 1/rate while the window allows, each acknowledged one rtt later; every
+    datagram per 1/rate while the window allows, each acknowledged one rtt later (``rtt``
+    may instead give it from the controller's state when the datagram is sent); every
     ``lose_every``-th is lost (and counted resent). ``lump``: ACKs arrive only every so many
     seconds, all that are due at once (a receiver that is not scheduled meanwhile)."""
     now, sent = start, 0
@@ -155,7 +157,7 @@ def feed_acks(controller: Controller, rate: float, rtt: float, start: float, sec
             if lose_every and sent % lose_every == 0:
                 controller.on_resend(1_000, now)
             state = controller.on_send(1_000, 1_000 * len(pending), now, app_limited=False)
-            pending.append((now + rtt, state))
+            pending.append((now + (rtt(controller) if callable(rtt) else rtt), state))
         arrive = (now // lump) * lump if lump else now
         while pending and pending[0][0] <= arrive:
             _due, sample = pending.pop(0)
@@ -187,6 +189,29 @@ def test_probe_rtt_comes_when_the_minimum_is_old() -> None:
     # ...until the old minimum is MIN_RTT_WINDOW old
     feed_acks(controller, 1e6, 0.025, now, MIN_RTT_WINDOW - MIN_RTT_LIFETIME)
     assert controller.min_rtt == pytest.approx(0.025)
+
+
+def test_startups_minimum_rtt_is_measured_again_soon_after_drain() -> None:
+    # Another flow's queue stood on the path when this one started (Startup measures 20 ms)
+    # and shrank once this flow took its share: with this flow's own queue on top the RTT
+    # stays above 20 ms, and only ProbeRTT, which drains that queue, finds the 15 ms below.
+    rtt_in = {Mode.STARTUP: 0.02, Mode.DRAIN: 0.02, Mode.PROBE_BW: 0.022, Mode.PROBE_RTT: 0.015}
+    controller = Controller(1_000, 0.0, ack_delay=0.0)
+    feed_acks(controller, 1e6, lambda c: rtt_in[c.mode], 0.0, FIRST_PROBE_RTT_AFTER + 1.0)
+    assert controller.min_rtt == pytest.approx(0.015, abs=0.0015)  # ACKs are seen a datagram apart
+
+
+def test_the_delayed_ack_is_counted_once_in_the_window() -> None:
+    # The receiver holds each ACK up to 5 ms: ACKs come in lumps of 5 ms of data, which the
+    # BDP already covers (its delay includes the ACK delay); only a lump beyond that widens
+    # the window.
+    controller = Controller(1_000, 0.0, ack_delay=0.005)
+    feed_acks(controller, 1e6, 0.02, 0.0, 2.0, lump=0.005)
+    assert controller.extra_acked >= 4_000  # each lump is a delayed ACK's worth
+    assert controller.cwnd <= CWND_GAIN * controller.bdp() + 1_500  # a datagram of rounding
+    lumpier = Controller(1_000, 0.0, ack_delay=0.005)
+    feed_acks(lumpier, 1e6, 0.02, 0.0, 2.0, lump=0.015)
+    assert lumpier.cwnd >= CWND_GAIN * lumpier.bdp() + 8_000  # the 10 ms beyond it
 
 
 def test_acks_arriving_in_lumps_widen_the_window_by_a_lump() -> None:
