@@ -133,7 +133,6 @@ class Controller:
         self._older_min_rtt = math.inf  # the one before it, and when it was measured
         self._older_min_rtt_stamp = now
         self._pacing_gain = STARTUP_GAIN
-        self._cwnd_gain = STARTUP_GAIN
         # delivery-rate estimation: the draft's C.delivered, C.delivered_time, C.first_sent_time
         self.delivered = 0
         self._delivered_time = now
@@ -329,9 +328,9 @@ class Controller:
     def _enter(self, mode: Mode, now: float) -> None:
         self.mode = mode
         if mode is Mode.STARTUP:
-            self._pacing_gain = self._cwnd_gain = STARTUP_GAIN
+            self._pacing_gain = STARTUP_GAIN
         elif mode is Mode.DRAIN:
-            self._pacing_gain, self._cwnd_gain = 1 / STARTUP_GAIN, STARTUP_GAIN
+            self._pacing_gain = 1 / STARTUP_GAIN
         elif mode is Mode.PROBE_BW:
             # any phase but the draining one, chosen at random so flows do not probe in step
             self._start_phase(self._rng.choice([i for i in range(len(PROBE_GAINS)) if i != 1]), now)
@@ -359,7 +358,6 @@ class Controller:
         self._cycle_index = index
         self._cycle_stamp = now
         self._pacing_gain = PROBE_GAINS[index]
-        self._cwnd_gain = CWND_GAIN
 
     def _probe_rtt(self, now: float, inflight: int) -> None:
         """Hold half a BDP in flight for PROBE_RTT_TIME and at least one round trip."""
@@ -390,8 +388,9 @@ class Controller:
     def _set_cwnd(self) -> None:
         if self.mode is Mode.PROBE_RTT:
             cwnd = self._probe_rtt_cwnd()
-        else:
-            cwnd = self._cwnd_gain * self.bdp() + self._aggregation_beyond_ack_delay()
+        else:  # Startup and Drain keep Startup's gain: Drain lowers only the pacing rate
+            gain = CWND_GAIN if self.mode is Mode.PROBE_BW else STARTUP_GAIN
+            cwnd = gain * self.bdp() + self._aggregation_beyond_ack_delay()
         self.cwnd = int(max(MIN_WINDOW * self.datagram_size, min(cwnd, self.inflight_hi)))
 
 

@@ -229,11 +229,17 @@ def test_the_probing_phase_has_room_in_the_window_to_probe() -> None:
     controller = Controller(1_000, 0.0, ack_delay=0.0)
     now = feed_acks(controller, 1e6, 0.02, 0.0, 1.0)
     windows: dict[float, set[float]] = {}  # pacing gain -> window / BDP seen with it
-    for _ in range(200):  # ProbeBW phases, a few ms at a time
-        now = feed_acks(controller, 1e6, 0.02, now, 0.005)
-        if controller.mode is Mode.PROBE_BW:
-            gain = round(controller.pacing_rate / controller.btlbw, 2)
-            windows.setdefault(gain, set()).add(round((controller.cwnd - controller.extra_acked) / controller.bdp(), 2))
+
+    def seen(c: Controller) -> float:
+        """The path's RTT, noting the window at each datagram sent in ProbeBW's phases."""
+        if c.mode is Mode.PROBE_BW:
+            gain = round(c.pacing_rate / c.btlbw, 2)
+            windows.setdefault(gain, set()).add(round((c.cwnd - c.extra_acked) / c.bdp(), 2))
+        return 0.02
+
+    # a second of ACKs, seen at every datagram sent (feed_acks's source sends at the path's
+    # rate, so it never has 1.25 BDP in flight and the probing phase it reaches holds)
+    feed_acks(controller, 1e6, seen, now, 1.0)
     assert min(windows[1.25]) >= 1.25  # as much more in flight as the pacing gain sends
 
 
